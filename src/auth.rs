@@ -1,0 +1,132 @@
+//! Authentication: from the `Authorization` header to an `Identity`, or the
+//! reason there is none. Parsing is pure; only a well-formed token with a
+//! valid checksum reaches the store.
+
+use http::header::{self, HeaderMap};
+
+use crate::response::Rejection;
+use crate::store::{Identity, Store};
+use crate::token::Token;
+
+/// What the `Authorization` header offers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// No header, or one with a scheme the gateway does not accept (a
+    /// `Basic` header is not a token; DRF treats it the same way).
+    Missing,
+    /// Our scheme, but not a usable token: no key, extra words, duplicate
+    /// headers, a bad checksum, non-ASCII bytes.
+    Malformed,
+    Token(Token),
+}
+
+/// `schemes` are lower-cased, as in `AuthConfig`.
+pub fn credential(headers: &HeaderMap, schemes: &[String]) -> Credential {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Credential::Missing;
+    };
+    if values.next().is_some() {
+        return Credential::Malformed;
+    }
+    let Ok(value) = value.to_str() else {
+        return Credential::Malformed;
+    };
+    let mut words = value.split_ascii_whitespace();
+    let Some(scheme) = words.next() else {
+        return Credential::Missing;
+    };
+    if !schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+        return Credential::Missing;
+    }
+    match (words.next(), words.next()) {
+        (Some(key), None) => Token::parse(key).map_or(Credential::Malformed, Credential::Token),
+        _ => Credential::Malformed,
+    }
+}
+
+pub fn authenticate(
+    store: &Store,
+    headers: &HeaderMap,
+    schemes: &[String],
+) -> Result<Identity, Rejection> {
+    let token = match credential(headers, schemes) {
+        Credential::Missing => return Err(Rejection::NotProvided),
+        Credential::Malformed => return Err(Rejection::InvalidToken),
+        Credential::Token(token) => token,
+    };
+    match store.authenticate(&token.digest()) {
+        Ok(Some(identity)) => Ok(identity),
+        Ok(None) => Err(Rejection::InvalidToken),
+        Err(e) => {
+            tracing::error!(error = %e, "token lookup failed");
+            Err(Rejection::StoreUnavailable)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn schemes() -> Vec<String> {
+        vec!["token".into(), "bearer".into()]
+    }
+
+    fn with(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn accepted_schemes_in_any_case() {
+        let t = Token::generate().unwrap();
+        for scheme in ["Token", "token", "TOKEN", "Bearer", "bearer"] {
+            let h = with(&[format!("{scheme} {}", t.expose()).as_bytes()]);
+            assert_eq!(credential(&h, &schemes()), Credential::Token(t.clone()));
+        }
+    }
+
+    #[test]
+    fn missing_and_foreign_schemes_are_not_provided() {
+        assert_eq!(
+            credential(&HeaderMap::new(), &schemes()),
+            Credential::Missing
+        );
+        assert_eq!(
+            credential(&with(&[b"Basic dXNlcjpwdw=="]), &schemes()),
+            Credential::Missing
+        );
+        assert_eq!(credential(&with(&[b""]), &schemes()), Credential::Missing);
+    }
+
+    #[test]
+    fn malformed_credentials_are_invalid() {
+        let t = Token::generate().unwrap();
+        let good = format!("Token {}", t.expose());
+        let cases: Vec<Vec<u8>> = vec![
+            b"Token".to_vec(),
+            b"Token ".to_vec(),
+            b"Token abc".to_vec(),
+            format!("Token {} extra", t.expose()).into_bytes(),
+            b"Token tg_\xff\xfe".to_vec(),
+        ];
+        for case in cases {
+            assert_eq!(
+                credential(&with(&[&case]), &schemes()),
+                Credential::Malformed,
+                "{}",
+                String::from_utf8_lossy(&case)
+            );
+        }
+        assert_eq!(
+            credential(&with(&[good.as_bytes(), good.as_bytes()]), &schemes()),
+            Credential::Malformed,
+            "duplicate Authorization headers are ambiguous"
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! The `tokengate` command line: flags parsed by clap, then handed to the
+//! library. `main` only prints the error chain and sets the exit code.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, units};
+use crate::password::{Hasher, Password};
+use crate::store::{Store, TokenInfo, User};
+use crate::time::rfc3339;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokengate",
+    version,
+    about = "An authentication gateway for HTTP APIs"
+)]
+struct Cli {
+    /// Config file [default: $TOKENGATE_CONFIG, else ./tokengate.toml]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        env = "TOKENGATE_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (foreground, logs to stderr)
+    Serve,
+    /// Validate the config and print the effective config
+    Check,
+    /// Manage users
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user
+    Add {
+        name: String,
+        /// A role for `[[rules]]`; repeat for several
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Read the password from one line of standard input
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password (ends all of their tokens)
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user and all of their tokens
+    Remove { name: String },
+    /// Disable a user (ends all of their tokens)
+    Disable { name: String },
+    /// Enable a disabled user
+    Enable { name: String },
+    /// List users
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a token without a login; prints it once, alone on the last line
+    Issue {
+        name: String,
+        /// Lifetime such as "90d"; "0s" = never expires [default: auth.token_ttl]
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List tokens (never their secrets)
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one token by id, or all of a user's with --user
+    Revoke {
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        id: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+pub fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let path = crate::config::locate(cli.config.as_deref());
+    let env = |key: &str| std::env::var(key).ok();
+    match cli.command {
+        Command::Check => {
+            let text = std::fs::read_to_string(&path).map_err(|source| {
+                crate::config::ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            Config::from_toml(&text, &path, env)?;
+            print!("{}", Config::effective_toml(&text, &path, env)?);
+            eprintln!("{}: OK", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let config = Config::load(&path, env)?;
+            serve(config)
+        }
+        Command::User(cmd) => {
+            let config = Config::load(&path, env)?;
+            user(&config, cmd)
+        }
+        Command::Token(cmd) => {
+            let config = Config::load(&path, env)?;
+            token(&config, cmd)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.is_empty() => tracing_subscriber::EnvFilter::new(value),
+        _ => tracing_subscriber::EnvFilter::new(&config.log.level),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    init_logging(&config);
+    let config = Arc::new(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = open_store(&config.store.path)?;
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (server.listen in {}); is another process using it?",
+                    config.server.listen,
+                    config.source.display()
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            listen = %addr,
+            upstream = %format!("{}://{}{}", config.upstream.scheme, config.upstream.authority, config.upstream.base_path),
+            store = %config.store.path.display(),
+            "tokengate listening"
+        );
+        crate::run(listener, config.clone(), store, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn open_store(path: &Path) -> anyhow::Result<Store> {
+    Ok(Store::open(path)?)
+}
+
+fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            roles,
+            password_stdin,
+        } => {
+            crate::store::validate_username(&name)?;
+            for role in &roles {
+                crate::store::validate_role(role)?;
+            }
+            let store = open_store(&config.store.path)?;
+            if store.user(&name)?.is_some() {
+                bail!(
+                    "user `{name}` already exists; use `tokengate user passwd {name}` to change the password"
+                );
+            }
+            let password = read_password(password_stdin)?;
+            let hash = Hasher::new(config.auth.argon2)?.hash_now(&password)?;
+            store.add_user(&name, hash, roles)?;
+            eprintln!("user `{name}` added");
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let store = open_store(&config.store.path)?;
+            if store.user(&name)?.is_none() {
+                bail!("no user named `{name}`");
+            }
+            let password = read_password(password_stdin)?;
+            let hash = Hasher::new(config.auth.argon2)?.hash_now(&password)?;
+            store.set_password(&name, hash)?;
+            eprintln!("password of `{name}` changed; all of their tokens are revoked");
+        }
+        UserCommand::Remove { name } => {
+            open_store(&config.store.path)?.remove_user(&name)?;
+            eprintln!("user `{name}` removed with all of their tokens");
+        }
+        UserCommand::Disable { name } => {
+            open_store(&config.store.path)?.set_disabled(&name, true)?;
+            eprintln!("user `{name}` disabled; all of their tokens are revoked");
+        }
+        UserCommand::Enable { name } => {
+            open_store(&config.store.path)?.set_disabled(&name, false)?;
+            eprintln!("user `{name}` enabled");
+        }
+        UserCommand::List { json } => {
+            let users = open_store(&config.store.path)?.users()?;
+            print_users(&users, json)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TokenCommand::Issue { name, ttl, label } => {
+            let ttl = match ttl {
+                None => config.auth.token_ttl,
+                Some(text) => {
+                    let d =
+                        units::parse_duration(&text).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+                    (!d.is_zero()).then_some(d)
+                }
+            };
+            let store = open_store(&config.store.path)?;
+            let Some(user) = store.user(&name)? else {
+                bail!("no user named `{name}`");
+            };
+            if user.disabled {
+                bail!(
+                    "user `{name}` is disabled; enable it first with `tokengate user enable {name}`"
+                );
+            }
+            let (token, record) = store.issue_token(&user, ttl, label)?;
+            eprintln!(
+                "token {} for `{name}`, expires {}; it is shown only this once:",
+                token.digest().id(),
+                record.expires_at.map_or("never".into(), rfc3339)
+            );
+            println!("{}", token.expose());
+        }
+        TokenCommand::List { user, json } => {
+            let tokens = open_store(&config.store.path)?.tokens(user.as_deref())?;
+            print_tokens(&tokens, json)?;
+        }
+        TokenCommand::Revoke { id, user } => {
+            let store = open_store(&config.store.path)?;
+            match (id, user) {
+                (Some(id), None) => {
+                    store.revoke_id(&id)?;
+                    eprintln!("token {id} revoked");
+                }
+                (None, Some(user)) => {
+                    let n = store.revoke_user_tokens(&user)?;
+                    eprintln!("{n} token(s) of `{user}` revoked");
+                }
+                _ => bail!("give a token id or --user NAME, not both"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<Password> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+        let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+        Password::new(trimmed.to_owned())
+    } else if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let second =
+            rpassword::prompt_password("Password (again): ").context("cannot read the password")?;
+        if first != second {
+            bail!("the passwords do not match");
+        }
+        Password::new(first)
+    } else {
+        bail!("no terminal to ask for a password; pass --password-stdin and pipe it in");
+    };
+    password.validate_new()?;
+    Ok(password)
+}
+
+fn print_users(users: &[User], json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let list: Vec<_> = users
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "username": u.username,
+                    "roles": u.roles,
+                    "disabled": u.disabled,
+                    "created_at": rfc3339(u.created_at),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Array(list))?;
+    } else {
+        writeln!(
+            out,
+            "{:<24} {:<9} {:<21} ROLES",
+            "USERNAME", "DISABLED", "CREATED"
+        )?;
+        for u in users {
+            writeln!(
+                out,
+                "{:<24} {:<9} {:<21} {}",
+                u.username,
+                if u.disabled { "yes" } else { "no" },
+                rfc3339(u.created_at),
+                u.roles.join(",")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn print_tokens(tokens: &[TokenInfo], json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let list: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id,
+                    "user": t.record.user,
+                    "label": t.record.label,
+                    "created_at": rfc3339(t.record.created_at),
+                    "expires_at": t.record.expires_at.map(rfc3339),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Array(list))?;
+    } else {
+        writeln!(
+            out,
+            "{:<16}  {:<20} {:<21} {:<21} LABEL",
+            "ID", "USER", "CREATED", "EXPIRES"
+        )?;
+        for t in tokens {
+            writeln!(
+                out,
+                "{:<16}  {:<20} {:<21} {:<21} {}",
+                t.id,
+                t.record.user,
+                rfc3339(t.record.created_at),
+                t.record.expires_at.map_or("never".into(), rfc3339),
+                t.record.label.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    Ok(())
+}

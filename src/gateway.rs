@@ -1,0 +1,259 @@
+//! The request pipeline, in the order every request goes through it:
+//! target check → login/logout → authenticate → authorize → forward → log.
+//! Each phase returns a typed outcome; `Rejection::into_response` is the
+//! only place a failure becomes an HTTP answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::auth::{self, Credential};
+use crate::canonical::canonicalize;
+use crate::config::Config;
+use crate::headers::{self, Forwarded};
+use crate::login::Login;
+use crate::password::Hasher;
+use crate::policy;
+use crate::response::{self, Body, Rejection};
+use crate::store::{Identity, Store};
+use crate::upstream::Upstream;
+
+/// Everything a request needs, built once from a validated config.
+pub struct Gateway {
+    config: Arc<Config>,
+    store: Store,
+    hasher: Hasher,
+    upstream: Upstream,
+}
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub proto: &'static str,
+}
+
+/// Per-request facts gathered for the access log.
+struct Outcome {
+    path: Option<String>,
+    user: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(config: Arc<Config>, store: Store) -> Result<Self, crate::password::PasswordError> {
+        Ok(Self {
+            hasher: Hasher::new(config.auth.argon2)?,
+            upstream: Upstream::new(&config.upstream),
+            config,
+            store,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let mut outcome = Outcome {
+            path: None,
+            user: None,
+        };
+        let response = match self.route(req, peer, &mut outcome).await {
+            Ok(response) => response,
+            Err(rejection) => rejection.into_response(),
+        };
+        tracing::info!(
+            target: "tokengate::access",
+            method = %method,
+            path = outcome.path.as_deref().unwrap_or("-"),
+            status = response.status().as_u16(),
+            user = outcome.user.as_deref().unwrap_or("-"),
+            client = %peer.addr.ip(),
+            latency_us = start.elapsed().as_micros() as u64,
+        );
+        response
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        let path = check_target(&req)?;
+        outcome.path = Some(path.clone());
+        let auth = &self.config.auth;
+
+        if path == auth.login_path {
+            let login = Login {
+                store: &self.store,
+                hasher: &self.hasher,
+                max_body: auth.max_login_body,
+                body_timeout: auth.login_body_timeout,
+                token_ttl: auth.token_ttl,
+            };
+            let (response, user) = login.handle(req).await?;
+            outcome.user = Some(user);
+            return Ok(response);
+        }
+        if path == auth.logout_path {
+            return self.logout(&req, outcome).await;
+        }
+
+        let identity = if policy::is_public(&auth.public, &path) {
+            None
+        } else {
+            let identity = auth::authenticate(&self.store, req.headers(), &auth.schemes)?;
+            outcome.user = Some(identity.username.clone());
+            policy::authorize(&self.config.rules, &path, &identity)?;
+            Some(identity)
+        };
+        let req = self.prepare(req, &path, identity.as_ref(), peer)?;
+        self.upstream.send(req).await
+    }
+
+    async fn logout(
+        &self,
+        req: &Request<Incoming>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        if req.method() != Method::POST {
+            return Err(Rejection::MethodNotAllowed { allow: "POST" });
+        }
+        let token = match auth::credential(req.headers(), &self.config.auth.schemes) {
+            Credential::Missing => return Err(Rejection::NotProvided),
+            Credential::Malformed => return Err(Rejection::InvalidToken),
+            Credential::Token(token) => token,
+        };
+        let digest = token.digest();
+        let identity = auth::authenticate(&self.store, req.headers(), &self.config.auth.schemes)?;
+        outcome.user = Some(identity.username.clone());
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.revoke(&digest)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(user = %identity.username, "logout");
+                Ok(response::empty(StatusCode::NO_CONTENT))
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "revoking a token at logout failed");
+                Err(Rejection::StoreUnavailable)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "logout task failed");
+                Err(Rejection::StoreUnavailable)
+            }
+        }
+    }
+
+    /// Rewrites the request for the upstream: canonical path, no client
+    /// claims or hop-by-hop headers, then the gateway's own headers.
+    fn prepare(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        identity: Option<&Identity>,
+        peer: Peer,
+    ) -> Result<Request<Incoming>, Rejection> {
+        let auth = &self.config.auth;
+        let (mut parts, body) = req.into_parts();
+        // HTTP/2 carries the host in :authority, which hyper puts in the URI.
+        let host = match parts.headers.get(header::HOST) {
+            Some(host) => Some(host.clone()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        if let Some(host) = &host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        parts.uri = self.upstream.uri_for(path, parts.uri.query())?;
+        let trusted_chain = if self
+            .config
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(peer.addr.ip()))
+        {
+            joined(&parts.headers, "x-forwarded-for")
+        } else {
+            None
+        };
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::remove_client_claims(
+            &mut parts.headers,
+            &auth.identity_header,
+            &auth.roles_header,
+        );
+        headers::set_forwarded(
+            &mut parts.headers,
+            &Forwarded {
+                client: peer.addr.ip(),
+                trusted_chain: trusted_chain.as_deref(),
+                proto: peer.proto,
+                host: host.as_ref(),
+            },
+        );
+        if let Some(identity) = identity {
+            let user =
+                HeaderValue::from_str(&identity.username).map_err(|_| Rejection::InvalidToken)?;
+            parts.headers.insert(auth.identity_header.clone(), user);
+            let roles = HeaderValue::from_str(&identity.roles.join(","))
+                .map_err(|_| Rejection::InvalidToken)?;
+            parts.headers.insert(auth.roles_header.clone(), roles);
+        }
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// All values of a header joined with ", ", as one chain.
+fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// Checks the method, `Host` and request target, and returns the canonical path.
+fn check_target<B>(req: &Request<B>) -> Result<String, Rejection> {
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err(Rejection::MethodNotAllowed {
+            allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        });
+    }
+    if req.version() < Version::HTTP_2 {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(Rejection::BadRequest("More than one Host header."));
+        }
+        match (host, req.version()) {
+            (None, Version::HTTP_11) => return Err(Rejection::BadRequest("Missing Host header.")),
+            (Some(host), _) => {
+                // Absolute-form is only accepted when it names the same host as the Host header.
+                if let Some(authority) = req.uri().authority()
+                    && !authority
+                        .as_str()
+                        .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+                {
+                    return Err(Rejection::BadRequest(
+                        "The request target names another host.",
+                    ));
+                }
+            }
+            (None, _) => {}
+        }
+    }
+    canonicalize(req.uri().path()).map_err(|e| {
+        tracing::debug!(reason = %e, "refused request path");
+        Rejection::BadRequest("The request path is not allowed.")
+    })
+}

@@ -1,0 +1,215 @@
+//! Header operations on forwarded requests and responses: small pure
+//! functions, each with its tests beside it.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the non-standard ones proxies
+/// also treat as connection-scoped.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers that ask an upstream framework to treat a request as another
+/// method; a gateway that authorized a GET must not forward a disguised DELETE.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Forwarding headers only the gateway may set.
+const FORWARDING: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// True when two header names would be read as the same header by an
+/// upstream that folds case and treats `_` as `-` (as CGI, WSGI and many
+/// frameworks do).
+pub fn same_header(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            let norm = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            norm(x) == norm(y)
+        })
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names. Call before the gateway adds its own headers, so a client
+/// cannot use `Connection: X-Auth-User` to strip what the gateway sets.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Removes every header a client could use to pose as someone: its copies of
+/// the identity and roles headers (in any case, `_` or `-`), the forwarding
+/// headers, method overrides, and the credential itself.
+pub fn remove_client_claims(headers: &mut HeaderMap, identity: &HeaderName, roles: &HeaderName) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            same_header(n, identity.as_str())
+                || same_header(n, roles.as_str())
+                || FORWARDING.iter().any(|f| same_header(n, f))
+                || METHOD_OVERRIDES.iter().any(|m| same_header(n, m))
+                || same_header(n, "authorization")
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// The facts the forwarding headers are built from.
+pub struct Forwarded<'a> {
+    pub client: IpAddr,
+    /// The `X-Forwarded-For` chain a trusted proxy sent, if the peer is one.
+    pub trusted_chain: Option<&'a str>,
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Sets `X-Forwarded-For` (the client's address last), `-Proto` and `-Host`.
+pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    let client = fwd.client.to_string();
+    let chain = match fwd.trusted_chain {
+        Some(chain) if !chain.trim().is_empty() => format!("{}, {client}", chain.trim()),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
+    if let Some(host) = fwd.host {
+        headers.insert("x-forwarded-host", host.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn same_header_folds_case_and_underscore() {
+        assert!(same_header("x-auth-user", "X-Auth-User"));
+        assert!(same_header("x_auth_user", "X-Auth-User"));
+        assert!(same_header("X_AUTH-user", "x-auth-user"));
+        assert!(!same_header("x-auth-users", "x-auth-user"));
+        assert!(!same_header("x-auth-usr", "x-auth-user"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn client_claims_go_in_every_spelling() {
+        let identity = HeaderName::from_static("x-auth-user");
+        let roles = HeaderName::from_static("x-auth-roles");
+        let mut h = map(&[
+            ("x-auth-user", "root"),
+            ("X_Auth_User", "root"),
+            ("x-auth_roles", "admin"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x_forwarded_host", "evil"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-http-method-override", "DELETE"),
+            ("authorization", "Token tg_x"),
+            ("x-auth-username", "kept"),
+        ]);
+        remove_client_claims(&mut h, &identity, &roles);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-auth-username"], "kept");
+    }
+
+    #[test]
+    fn forwarded_headers_put_the_client_last() {
+        let mut h = HeaderMap::new();
+        let host = HeaderValue::from_static("api.example");
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client: "10.0.0.9".parse().unwrap(),
+                trusted_chain: Some("203.0.113.7"),
+                proto: "https",
+                host: Some(&host),
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example");
+
+        let mut h = HeaderMap::new();
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client: "::1".parse().unwrap(),
+                trusted_chain: None,
+                proto: "http",
+                host: None,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+}

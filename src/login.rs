@@ -1,0 +1,310 @@
+//! `POST {login_path}`: username and password in, a new token out. The body
+//! is the one thing the gateway reads whole, through a size limit and a
+//! deadline.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode;
+
+use crate::password::{Hasher, Password};
+use crate::response::{self, Body, LoginRejection, Rejection};
+use crate::store::{Store, StoreError};
+
+/// The credentials a login body carried.
+#[derive(Debug)]
+pub struct LoginForm {
+    pub username: String,
+    pub password: Password,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Form,
+    Json,
+}
+
+pub struct Login<'a> {
+    pub store: &'a Store,
+    pub hasher: &'a Hasher,
+    pub max_body: u64,
+    pub body_timeout: Duration,
+    pub token_ttl: Option<Duration>,
+}
+
+impl Login<'_> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Body>, String), Rejection> {
+        if req.method() != Method::POST {
+            return Err(Rejection::MethodNotAllowed { allow: "POST" });
+        }
+        let format = content_format(req.headers())?;
+        let body = read_body(req, self.max_body, self.body_timeout).await?;
+        let form = parse(format, &body)?;
+        let username = form.username.clone();
+
+        let user = match self.store.user(&form.username) {
+            Ok(user) => user,
+            Err(e) => {
+                tracing::error!(error = %e, "user lookup failed during login");
+                return Err(Rejection::StoreUnavailable);
+            }
+        };
+        // Always verify, even for an unknown user, so timing reveals nothing.
+        let verified = self
+            .hasher
+            .verify(
+                &form.password,
+                user.as_ref().map(|u| u.password_hash.as_str()),
+            )
+            .await;
+        let user = match user {
+            Some(user) if verified && !user.disabled => user,
+            _ => {
+                tracing::info!(user = %username, "login failed");
+                return Err(LoginRejection::BadCredentials.into());
+            }
+        };
+
+        let store = self.store.clone();
+        let ttl = self.token_ttl;
+        let issued = tokio::task::spawn_blocking(move || store.issue_token(&user, ttl, None)).await;
+        let (token, record) = match issued {
+            Ok(Ok(issued)) => issued,
+            Ok(Err(StoreError::Stale | StoreError::UnknownUser(_))) => {
+                tracing::info!(user = %username, "login raced a credential change");
+                return Err(LoginRejection::BadCredentials.into());
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "storing a token failed; no token handed out");
+                return Err(Rejection::StoreUnavailable);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "token task failed");
+                return Err(Rejection::StoreUnavailable);
+            }
+        };
+        tracing::info!(user = %username, "login succeeded");
+        let expires_at = record.expires_at.map(crate::time::rfc3339);
+        let mut response = response::json(
+            StatusCode::OK,
+            &serde_json::json!({ "token": token.expose(), "expires_at": expires_at }),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+            .headers_mut()
+            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok((response, username))
+    }
+}
+
+fn content_format(headers: &HeaderMap) -> Result<Format, LoginRejection> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match media.as_deref() {
+        Some("application/x-www-form-urlencoded") => Ok(Format::Form),
+        Some("application/json") => Ok(Format::Json),
+        _ => Err(LoginRejection::UnsupportedMediaType),
+    }
+}
+
+async fn read_body(
+    req: Request<Incoming>,
+    max: u64,
+    deadline: Duration,
+) -> Result<Bytes, LoginRejection> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(LoginRejection::TooLarge);
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    let body = Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(deadline, body.collect()).await {
+        Err(_) => Err(LoginRejection::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(LoginRejection::TooLarge),
+        Ok(Err(_)) => Err(LoginRejection::Malformed(
+            "The request body could not be read.",
+        )),
+    }
+}
+
+fn parse(format: Format, body: &[u8]) -> Result<LoginForm, LoginRejection> {
+    let (username, password) = match format {
+        Format::Form => parse_form(body)?,
+        Format::Json => parse_json(body)?,
+    };
+    let mut errors = serde_json::Map::new();
+    for (field, value) in [("username", &username), ("password", &password)] {
+        match value {
+            None => {
+                errors.insert(field.into(), serde_json::json!(["This field is required."]));
+            }
+            Some(v) if v.is_empty() => {
+                errors.insert(
+                    field.into(),
+                    serde_json::json!(["This field may not be blank."]),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    match (username, password) {
+        (Some(username), Some(password)) if errors.is_empty() => Ok(LoginForm {
+            username,
+            password: Password::new(password),
+        }),
+        _ => Err(LoginRejection::Fields(errors.into())),
+    }
+}
+
+type Fields = (Option<String>, Option<String>);
+
+fn parse_form(body: &[u8]) -> Result<Fields, LoginRejection> {
+    let mut username = None;
+    let mut password = None;
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (key, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let slot = match decode_form(key)?.as_str() {
+            "username" => &mut username,
+            "password" => &mut password,
+            _ => continue,
+        };
+        if slot.replace(decode_form(value)?).is_some() {
+            return Err(LoginRejection::Malformed("A field appears more than once."));
+        }
+    }
+    Ok((username, password))
+}
+
+fn decode_form(raw: &[u8]) -> Result<String, LoginRejection> {
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
+    percent_decode(&spaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| LoginRejection::Malformed("The form body is not valid UTF-8."))
+}
+
+fn parse_json(body: &[u8]) -> Result<Fields, LoginRejection> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| LoginRejection::Malformed("The JSON body could not be parsed."))?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err(LoginRejection::Malformed(
+            "The JSON body must be an object.",
+        ));
+    };
+    let mut field = |name: &str| match object.remove(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(LoginRejection::Fields(
+            serde_json::json!({ name: ["Not a valid string."] }),
+        )),
+    };
+    Ok((field("username")?, field("password")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(format: Format, body: &str) -> (String, String) {
+        let f = parse(format, body.as_bytes()).unwrap();
+        (f.username, f.password.expose().to_owned())
+    }
+
+    #[test]
+    fn form_bodies() {
+        assert_eq!(
+            ok(Format::Form, "username=alice&password=p%40ss+word"),
+            ("alice".into(), "p@ss word".into())
+        );
+        assert_eq!(
+            ok(Format::Form, "password=x&other=1&username=bob"),
+            ("bob".into(), "x".into())
+        );
+    }
+
+    #[test]
+    fn json_bodies() {
+        assert_eq!(
+            ok(
+                Format::Json,
+                r#"{"username":"alice","password":"pw","extra":1}"#
+            ),
+            ("alice".into(), "pw".into())
+        );
+    }
+
+    #[test]
+    fn missing_blank_and_mistyped_fields_are_field_errors() {
+        let err = parse(Format::Json, br#"{"username":"a"}"#).unwrap_err();
+        let LoginRejection::Fields(v) = err else {
+            panic!()
+        };
+        assert_eq!(
+            v,
+            serde_json::json!({"password": ["This field is required."]})
+        );
+        let err = parse(Format::Form, b"username=&password=").unwrap_err();
+        let LoginRejection::Fields(v) = err else {
+            panic!()
+        };
+        assert_eq!(v["username"][0], "This field may not be blank.");
+        assert_eq!(v["password"][0], "This field may not be blank.");
+        assert!(matches!(
+            parse(Format::Json, br#"{"username":1,"password":"x"}"#),
+            Err(LoginRejection::Fields(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        for (format, body) in [
+            (Format::Json, &b"{"[..]),
+            (Format::Json, b"[1,2]"),
+            (Format::Json, b"\xff\xfe"),
+            (Format::Form, b"username=%ff&password=x"),
+            (Format::Form, b"username=a&username=b&password=x"),
+        ] {
+            assert!(
+                matches!(parse(format, body), Err(LoginRejection::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(content_format(&h).is_err());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert_eq!(content_format(&h).unwrap(), Format::Json);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(content_format(&h).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! Every answer the gateway gives, and the one function that turns a
+//! rejection into its HTTP response. Clients get the contract's generic
+//! bodies; the detail goes to the log.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// Either a body the gateway wrote or the upstream's, streamed untouched.
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// Why a request was not forwarded, or failed on the way.
+#[derive(Debug)]
+pub enum Rejection {
+    /// The request target or its headers are ambiguous or malformed.
+    BadRequest(&'static str),
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    NotProvided,
+    InvalidToken,
+    Forbidden,
+    Login(LoginRejection),
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    /// The store could not be read or written; nothing was acknowledged.
+    StoreUnavailable,
+}
+
+#[derive(Debug)]
+pub enum LoginRejection {
+    /// DRF-style field errors, e.g. `{"password": ["This field is required."]}`.
+    Fields(serde_json::Value),
+    Malformed(&'static str),
+    BadCredentials,
+    TooLarge,
+    UnsupportedMediaType,
+    BodyTimeout,
+}
+
+impl From<LoginRejection> for Rejection {
+    fn from(r: LoginRejection) -> Self {
+        Rejection::Login(r)
+    }
+}
+
+const REALM: HeaderValue = HeaderValue::from_static("Token realm=\"tokengate\"");
+
+impl Rejection {
+    pub fn into_response(self) -> Response<Body> {
+        use LoginRejection as L;
+        use Rejection as R;
+        let (status, body) = match &self {
+            R::BadRequest(why) => (StatusCode::BAD_REQUEST, detail(why)),
+            R::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                detail("Method not allowed."),
+            ),
+            R::NotProvided => (
+                StatusCode::UNAUTHORIZED,
+                detail("Authentication credentials were not provided."),
+            ),
+            R::InvalidToken => (StatusCode::UNAUTHORIZED, detail("Invalid token.")),
+            R::Forbidden => (
+                StatusCode::FORBIDDEN,
+                detail("You do not have permission to perform this action."),
+            ),
+            R::Login(L::Fields(errors)) => (StatusCode::BAD_REQUEST, errors.clone()),
+            R::Login(L::Malformed(why)) => (StatusCode::BAD_REQUEST, detail(why)),
+            R::Login(L::BadCredentials) => (
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({
+                    "non_field_errors": ["Unable to log in with provided credentials."]
+                }),
+            ),
+            R::Login(L::TooLarge) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                detail("Request body is too large."),
+            ),
+            R::Login(L::UnsupportedMediaType) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                detail(
+                    "Unsupported media type; send application/json or application/x-www-form-urlencoded.",
+                ),
+            ),
+            R::Login(L::BodyTimeout) => (
+                StatusCode::REQUEST_TIMEOUT,
+                detail("Request body was not received in time."),
+            ),
+            R::UpstreamUnreachable => (
+                StatusCode::BAD_GATEWAY,
+                detail("The upstream service is unreachable."),
+            ),
+            R::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                detail("The upstream service did not respond in time."),
+            ),
+            R::StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                detail("Service temporarily unavailable; try again later."),
+            ),
+        };
+        let mut response = json(status, &body);
+        let headers = response.headers_mut();
+        match self {
+            R::NotProvided | R::InvalidToken | R::Login(L::BadCredentials) => {
+                headers.insert(header::WWW_AUTHENTICATE, REALM);
+            }
+            R::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            R::Login(L::BodyTimeout) | R::Login(L::TooLarge) => {
+                // The rest of the body is unread; the connection cannot be reused.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+fn detail(text: &str) -> serde_json::Value {
+    serde_json::json!({ "detail": text })
+}
+
+/// A JSON response the gateway wrote itself.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(value.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(r: Response<Body>) -> serde_json::Value {
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_contracts_401_and_403_bodies() {
+        let r = Rejection::NotProvided.into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Token realm=\"tokengate\"");
+        assert_eq!(
+            body_of(r).await,
+            serde_json::json!({"detail": "Authentication credentials were not provided."})
+        );
+        let r = Rejection::InvalidToken.into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            body_of(r).await,
+            serde_json::json!({"detail": "Invalid token."})
+        );
+        let r = Rejection::Forbidden.into_response();
+        assert_eq!(r.status(), 403);
+        assert_eq!(
+            body_of(r).await,
+            serde_json::json!({"detail": "You do not have permission to perform this action."})
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        let cases = [
+            (Rejection::BadRequest("x"), 400),
+            (Rejection::MethodNotAllowed { allow: "POST" }, 405),
+            (LoginRejection::TooLarge.into(), 413),
+            (LoginRejection::UnsupportedMediaType.into(), 415),
+            (LoginRejection::BadCredentials.into(), 401),
+            (LoginRejection::BodyTimeout.into(), 408),
+            (Rejection::UpstreamUnreachable, 502),
+            (Rejection::UpstreamTimeout, 504),
+            (Rejection::StoreUnavailable, 503),
+        ];
+        for (rejection, status) in cases {
+            let r = rejection.into_response();
+            assert_eq!(r.status(), status);
+            assert_eq!(r.headers()["content-type"], "application/json");
+        }
+        let r = Rejection::MethodNotAllowed { allow: "POST" }.into_response();
+        assert_eq!(r.headers()["allow"], "POST");
+    }
+}

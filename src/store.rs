@@ -1,0 +1,574 @@
+//! The user and token store over sled. Every write is flushed to disk before
+//! the call returns, so whatever the caller acknowledges survives `kill -9`.
+//!
+//! Trees:
+//! - `users`:  username → `User` (JSON)
+//! - `tokens`: SHA-256 of the token → `TokenRecord` (JSON); the secret itself is never stored
+//! - `user_tokens`: username ‖ 0x00 ‖ digest → () — finds a user's tokens
+//!
+//! Each user carries a random `epoch`, copied into every token issued to
+//! them. Changing the password, disabling or removing the user, or revoking
+//! all of their tokens sets a new epoch in one write, which ends every
+//! token at once — including one a concurrent login is about to store.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::token::{Token, TokenDigest};
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct User {
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub epoch: u64,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub user: String,
+    pub epoch: u64,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub label: Option<String>,
+}
+
+/// A token as `token list` shows it: never the secret.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub id: String,
+    pub record: TokenRecord,
+}
+
+/// The caller a valid token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub username: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the store at {path} is in use by another process (a running `tokengate serve`?); stop it or run this command through it"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "cannot open the store at {path}: {source}; check that the directory exists or can be created and is writable by this user"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("cannot generate random bytes: {0}")]
+    Random(String),
+    #[error("user `{0}` already exists")]
+    UserExists(String),
+    #[error("no user named `{0}`")]
+    UnknownUser(String),
+    #[error("no token with id `{0}`")]
+    UnknownToken(String),
+    #[error("the user's credentials changed while the token was being issued")]
+    Stale,
+    #[error("invalid username `{0}`: use 1 to 150 letters, digits and @ . + - _ (as Django does)")]
+    InvalidUsername(String),
+    #[error("invalid role `{0}`: use 1 to 64 letters, digits and . _ : -")]
+    InvalidRole(String),
+    #[error("invalid label: at most 200 characters, no control characters")]
+    InvalidLabel,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    tokens: sled::Tree,
+    user_tokens: sled::Tree,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn validate_username(name: &str) -> Result<(), StoreError> {
+    let ok = (1..=150).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@.+-_".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidUsername(
+            name.escape_default().to_string(),
+        ))
+    }
+}
+
+pub fn validate_role(role: &str) -> Result<(), StoreError> {
+    let ok = (1..=64).contains(&role.len())
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidRole(role.escape_default().to_string()))
+    }
+}
+
+fn random_u64() -> Result<u64, StoreError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Random(e.to_string()))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn user_token_key(user: &str, digest: &TokenDigest) -> Vec<u8> {
+    let mut key = Vec::with_capacity(user.len() + 33);
+    key.extend_from_slice(user.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&digest.0);
+    key
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Io(e),
+    })
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).open().map_err(|source| {
+            let locked = matches!(&source, sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock"));
+            if locked {
+                StoreError::Locked {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                StoreError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        Ok(Self {
+            users: db.open_tree("users")?,
+            tokens: db.open_tree("tokens")?,
+            user_tokens: db.open_tree("user_tokens")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable. Called by each write before it returns.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        match self.users.get(name.as_bytes())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.users
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    pub fn add_user(
+        &self,
+        username: &str,
+        password_hash: String,
+        roles: Vec<String>,
+    ) -> Result<User, StoreError> {
+        validate_username(username)?;
+        for role in &roles {
+            validate_role(role)?;
+        }
+        let user = User {
+            username: username.to_owned(),
+            password_hash,
+            roles,
+            disabled: false,
+            created_at: now(),
+            epoch: random_u64()?,
+        };
+        let bytes = serde_json::to_vec(&user)?;
+        let swapped =
+            self.users
+                .compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(bytes))?;
+        if swapped.is_err() {
+            return Err(StoreError::UserExists(username.to_owned()));
+        }
+        self.flush()?;
+        Ok(user)
+    }
+
+    /// Changes a user and ends all of their tokens, in one durable write.
+    fn update_user_and_end_tokens(
+        &self,
+        name: &str,
+        change: impl Fn(&mut User),
+    ) -> Result<(), StoreError> {
+        let epoch = random_u64()?;
+        unwrap_tx(self.users.transaction(|users| {
+            let Some(bytes) = users.get(name.as_bytes())? else {
+                return abort(StoreError::UnknownUser(name.to_owned()));
+            };
+            let mut user: User = match serde_json::from_slice(&bytes) {
+                Ok(u) => u,
+                Err(e) => return abort(e.into()),
+            };
+            change(&mut user);
+            user.epoch = epoch;
+            match serde_json::to_vec(&user) {
+                Ok(bytes) => users.insert(name.as_bytes(), bytes)?,
+                Err(e) => return abort(e.into()),
+            };
+            Ok(())
+        }))?;
+        // The new epoch already ends the tokens; this only reclaims space.
+        self.delete_tokens_of(name)?;
+        self.flush()
+    }
+
+    pub fn set_password(&self, name: &str, password_hash: String) -> Result<(), StoreError> {
+        self.update_user_and_end_tokens(name, |u| u.password_hash = password_hash.clone())
+    }
+
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
+        self.update_user_and_end_tokens(name, |u| u.disabled = disabled)
+    }
+
+    pub fn revoke_user_tokens(&self, name: &str) -> Result<usize, StoreError> {
+        let count = self.user_tokens.scan_prefix(user_prefix(name)).count();
+        self.update_user_and_end_tokens(name, |_| {})?;
+        Ok(count)
+    }
+
+    pub fn remove_user(&self, name: &str) -> Result<(), StoreError> {
+        if self.users.remove(name.as_bytes())?.is_none() {
+            return Err(StoreError::UnknownUser(name.to_owned()));
+        }
+        self.delete_tokens_of(name)?;
+        self.flush()
+    }
+
+    fn delete_tokens_of(&self, name: &str) -> Result<(), StoreError> {
+        for key in self.user_tokens.scan_prefix(user_prefix(name)).keys() {
+            let key = key?;
+            if let Some(digest) = key.get(name.len() + 1..) {
+                self.tokens.remove(digest)?;
+            }
+            self.user_tokens.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Issues a token to `user`, provided their credentials have not changed
+    /// since `user` was read (its epoch still holds).
+    pub fn issue_token(
+        &self,
+        user: &User,
+        ttl: Option<Duration>,
+        label: Option<String>,
+    ) -> Result<(Token, TokenRecord), StoreError> {
+        if let Some(label) = &label
+            && (label.chars().count() > 200 || label.chars().any(char::is_control))
+        {
+            return Err(StoreError::InvalidLabel);
+        }
+        let token = Token::generate().map_err(|e| StoreError::Random(e.to_string()))?;
+        let digest = token.digest();
+        let created_at = now();
+        let record = TokenRecord {
+            user: user.username.clone(),
+            epoch: user.epoch,
+            created_at,
+            expires_at: ttl.map(|ttl| created_at.saturating_add(ttl.as_secs())),
+            label,
+        };
+        let bytes = serde_json::to_vec(&record)?;
+        let name = user.username.as_str();
+        unwrap_tx((&self.users, &self.tokens, &self.user_tokens).transaction(
+            |(users, tokens, user_tokens)| {
+                let current = match users.get(name.as_bytes())? {
+                    Some(b) => serde_json::from_slice::<User>(&b).ok(),
+                    None => None,
+                };
+                match current {
+                    Some(u) if u.epoch == record.epoch && !u.disabled => {}
+                    Some(_) => return abort(StoreError::Stale),
+                    None => return abort(StoreError::UnknownUser(name.to_owned())),
+                }
+                tokens.insert(&digest.0[..], bytes.as_slice())?;
+                user_tokens.insert(user_token_key(name, &digest), &[][..])?;
+                Ok(())
+            },
+        ))?;
+        self.flush()?;
+        Ok((token, record))
+    }
+
+    /// The identity behind a token, if the token is live: known, unexpired,
+    /// and its user present, enabled and on the same epoch.
+    pub fn authenticate(&self, digest: &TokenDigest) -> Result<Option<Identity>, StoreError> {
+        let Some(bytes) = self.tokens.get(digest.0)? else {
+            return Ok(None);
+        };
+        let record: TokenRecord = serde_json::from_slice(&bytes)?;
+        if record.expires_at.is_some_and(|at| at <= now()) {
+            return Ok(None);
+        }
+        let Some(user) = self.user(&record.user)? else {
+            return Ok(None);
+        };
+        if user.disabled || user.epoch != record.epoch {
+            return Ok(None);
+        }
+        Ok(Some(Identity {
+            username: user.username,
+            roles: user.roles,
+        }))
+    }
+
+    pub fn revoke(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
+        let Some(bytes) = self.tokens.remove(digest.0)? else {
+            return Ok(false);
+        };
+        if let Ok(record) = serde_json::from_slice::<TokenRecord>(&bytes) {
+            self.user_tokens
+                .remove(user_token_key(&record.user, digest))?;
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
+    pub fn revoke_id(&self, id: &str) -> Result<(), StoreError> {
+        let prefix =
+            TokenDigest::parse_id(id).ok_or_else(|| StoreError::UnknownToken(id.to_owned()))?;
+        let mut found = None;
+        for key in self.tokens.scan_prefix(prefix).keys() {
+            let key = key?;
+            if let Ok(digest) = <[u8; 32]>::try_from(key.as_ref()) {
+                found = Some(TokenDigest(digest));
+            }
+        }
+        match found {
+            Some(digest) => self.revoke(&digest).map(|_| ()),
+            None => Err(StoreError::UnknownToken(id.to_owned())),
+        }
+    }
+
+    pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.tokens.iter() {
+            let (key, value) = entry?;
+            let record: TokenRecord = serde_json::from_slice(&value)?;
+            if user.is_some_and(|u| u != record.user) {
+                continue;
+            }
+            let Ok(digest) = <[u8; 32]>::try_from(key.as_ref()) else {
+                continue;
+            };
+            out.push(TokenInfo {
+                id: TokenDigest(digest).id(),
+                record,
+            });
+        }
+        out.sort_by(|a, b| {
+            a.record
+                .created_at
+                .cmp(&b.record.created_at)
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(out)
+    }
+}
+
+fn user_prefix(name: &str) -> Vec<u8> {
+    let mut p = name.as_bytes().to_vec();
+    p.push(0);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn token_lifecycle() {
+        let (_d, s) = store();
+        let user = s
+            .add_user("alice", "hash".into(), vec!["admin".into()])
+            .unwrap();
+        let (token, _) = s.issue_token(&user, None, Some("laptop".into())).unwrap();
+        let id = s.authenticate(&token.digest()).unwrap().unwrap();
+        assert_eq!(id.username, "alice");
+        assert_eq!(id.roles, ["admin"]);
+        assert!(s.revoke(&token.digest()).unwrap());
+        assert_eq!(s.authenticate(&token.digest()).unwrap(), None);
+    }
+
+    #[test]
+    fn password_change_disable_and_removal_end_all_tokens() {
+        let (_d, s) = store();
+        let user = s.add_user("bob", "h1".into(), vec![]).unwrap();
+        let (t1, _) = s.issue_token(&user, None, None).unwrap();
+        let (t2, _) = s.issue_token(&user, None, None).unwrap();
+        s.set_password("bob", "h2".into()).unwrap();
+        assert_eq!(s.authenticate(&t1.digest()).unwrap(), None);
+        assert_eq!(s.authenticate(&t2.digest()).unwrap(), None);
+        assert!(s.tokens(Some("bob")).unwrap().is_empty());
+
+        // A login that verified the old password must not store a token.
+        assert!(matches!(
+            s.issue_token(&user, None, None),
+            Err(StoreError::Stale)
+        ));
+
+        let user = s.user("bob").unwrap().unwrap();
+        let (t3, _) = s.issue_token(&user, None, None).unwrap();
+        s.set_disabled("bob", true).unwrap();
+        assert_eq!(s.authenticate(&t3.digest()).unwrap(), None);
+        s.set_disabled("bob", false).unwrap();
+        assert_eq!(
+            s.authenticate(&t3.digest()).unwrap(),
+            None,
+            "enable revives nothing"
+        );
+
+        let user = s.user("bob").unwrap().unwrap();
+        let (t4, _) = s.issue_token(&user, None, None).unwrap();
+        s.remove_user("bob").unwrap();
+        assert_eq!(s.authenticate(&t4.digest()).unwrap(), None);
+        // A new user of the same name does not inherit old tokens.
+        s.add_user("bob", "h".into(), vec![]).unwrap();
+        assert_eq!(s.authenticate(&t4.digest()).unwrap(), None);
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let (_d, s) = store();
+        let user = s.add_user("carol", "h".into(), vec![]).unwrap();
+        let (t, _) = s.issue_token(&user, Some(Duration::ZERO), None).unwrap();
+        assert_eq!(s.authenticate(&t.digest()).unwrap(), None);
+    }
+
+    #[test]
+    fn duplicates_and_bad_names_are_refused() {
+        let (_d, s) = store();
+        s.add_user("dave", "h".into(), vec![]).unwrap();
+        assert!(matches!(
+            s.add_user("dave", "h".into(), vec![]),
+            Err(StoreError::UserExists(_))
+        ));
+        assert!(matches!(
+            s.add_user("", "h".into(), vec![]),
+            Err(StoreError::InvalidUsername(_))
+        ));
+        assert!(matches!(
+            s.add_user("a b", "h".into(), vec![]),
+            Err(StoreError::InvalidUsername(_))
+        ));
+        assert!(matches!(
+            s.add_user("eve", "h".into(), vec!["a,b".into()]),
+            Err(StoreError::InvalidRole(_))
+        ));
+    }
+
+    #[test]
+    fn the_store_never_holds_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let secret = {
+            let s = Store::open(&path).unwrap();
+            let user = s.add_user("frank", "h".into(), vec![]).unwrap();
+            let (t, _) = s.issue_token(&user, None, None).unwrap();
+            t.expose().to_owned()
+        };
+        for entry in walk(&path) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret found in {entry:?}"
+            );
+        }
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn revoke_by_id() {
+        let (_d, s) = store();
+        let user = s.add_user("gina", "h".into(), vec![]).unwrap();
+        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let list = s.tokens(Some("gina")).unwrap();
+        assert_eq!(list.len(), 1);
+        s.revoke_id(&list[0].id).unwrap();
+        assert_eq!(s.authenticate(&t.digest()).unwrap(), None);
+        assert!(matches!(
+            s.revoke_id(&list[0].id),
+            Err(StoreError::UnknownToken(_))
+        ));
+        assert!(matches!(
+            s.revoke_id("nonsense"),
+            Err(StoreError::UnknownToken(_))
+        ));
+    }
+}

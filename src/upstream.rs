@@ -1,0 +1,92 @@
+//! The upstream: one pooled keep-alive client, and the send that turns its
+//! failures into 502 or 504. Bodies pass through untouched in both
+//! directions; nothing here buffers.
+
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+use crate::headers;
+use crate::response::{Body, Rejection};
+
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    config: UpstreamConfig,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .timer(TokioTimer::new())
+            .build(connector);
+        Self {
+            client,
+            config: config.clone(),
+        }
+    }
+
+    /// The upstream URI for a canonical `path` and the client's raw `query`.
+    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+        let mut pq = String::with_capacity(
+            self.config.base_path.len() + path.len() + 1 + query.map_or(0, str::len),
+        );
+        pq.push_str(&self.config.base_path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let pq = PathAndQuery::try_from(pq)
+            .map_err(|_| Rejection::BadRequest("The request target is not valid."))?;
+        Uri::builder()
+            .scheme(self.config.scheme.clone())
+            .authority(self.config.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Rejection::BadRequest("The request target is not valid."))
+    }
+
+    /// Sends a prepared request and streams the answer back.
+    pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+        // The pool speaks HTTP/1.1 upstream whatever the client spoke to us.
+        *req.version_mut() = Version::HTTP_11;
+        let response = match tokio::time::timeout(self.config.timeout, self.client.request(req))
+            .await
+        {
+            Err(_) => {
+                tracing::warn!(timeout = ?self.config.timeout, "upstream sent no response headers in time");
+                return Err(Rejection::UpstreamTimeout);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
+                return Err(Rejection::UpstreamUnreachable);
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Either::Right(body)))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
