@@ -1,0 +1,358 @@
+//! Fixtures for in-process tests: an echo upstream and a gateway, both on
+//! 127.0.0.1 port 0, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokengate::config::Config;
+use tokengate::password::{Hasher, Password};
+use tokengate::store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Fast argon2 parameters so tests do not spend seconds hashing.
+pub const FAST_ARGON2: &str = "argon2_memory = \"64KiB\"\nargon2_iterations = 1\n";
+
+type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What the echo upstream saw of one request.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut it = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        let first = it.next().map(|(_, v)| v.as_str());
+        assert!(
+            it.next().is_none(),
+            "header {name} arrived more than once: {:?}",
+            self.headers
+        );
+        first
+    }
+
+    pub fn has_header_like(&self, name: &str) -> bool {
+        let norm = |s: &str| s.to_ascii_lowercase().replace('_', "-");
+        self.headers.iter().any(|(k, _)| norm(k) == norm(name))
+    }
+}
+
+/// An upstream that answers every request with a JSON description of it.
+/// Special paths: `/slow` never answers in time, `/big/N` streams N bytes,
+/// `/broken` sends half a body and drops the connection.
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn echo_upstream() -> EchoUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(r) => r, Err(_) => continue },
+                _ = &mut stopped => return,
+            };
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(echo))
+                    .await;
+            });
+        }
+    });
+    EchoUpstream { addr, _stop: stop }
+}
+
+async fn echo(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    if let Some(n) = path.strip_prefix("/big/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_stream(total, chunk);
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    if path == "/broken" {
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+        >(2);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"partial"))))
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(Err("upstream died".into())).await;
+        });
+        let body = StreamBody::new(tokio_stream_from(rx));
+        let mut r = Response::new(BodyExt::boxed(body));
+        r.headers_mut()
+            .insert("content-length", "1000".parse().unwrap());
+        return Ok(r);
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut body = req.into_body();
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    let json = serde_json::json!({
+        "method": method, "uri": uri, "version": version, "headers": headers, "body_len": body_len,
+    });
+    let mut r = Response::new(BodyExt::boxed(
+        Full::new(Bytes::from(json.to_string())).map_err(|e| match e {}),
+    ));
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("x-upstream", "echo".parse().unwrap());
+    r.headers_mut()
+        .insert("connection", "keep-alive, x-hop".parse().unwrap());
+    r.headers_mut()
+        .insert("x-hop", "should-not-pass".parse().unwrap());
+    Ok(r)
+}
+
+type FrameResult = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+
+fn futures_stream(
+    total: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = FrameResult> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel::<FrameResult>(4);
+    tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sent < total {
+            let n = (total - sent).min(chunk.len() as u64) as usize;
+            if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                return;
+            }
+            sent += n as u64;
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<FrameResult>,
+) -> impl futures_core::Stream<Item = FrameResult> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A running gateway over a temporary store.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts a gateway; `extra` is TOML appended to a config that points at `upstream`.
+    /// Sections `[server]`, `[upstream]` and `[auth]` are already open in that
+    /// order, so `extra` should start with its own section header.
+    pub async fn start(upstream: SocketAddr, extra: &str) -> Self {
+        Self::start_with(&format!("http://{upstream}"), extra).await
+    }
+
+    pub async fn start_with(upstream_url: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().join("tokengate.toml");
+        let text = config_text(upstream_url, extra);
+        std::fs::write(&path, &text).unwrap();
+        let config = Arc::new(Config::load(&path, |_| None).unwrap());
+        let store = Store::open(&config.store.path).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            tokengate::run(listener, config.clone(), store.clone(), async {
+                let _ = stopped.await;
+            })
+            .map_ok_unit(),
+        );
+        Self {
+            addr,
+            store,
+            config,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Adds a user with `password` and `roles` straight into the store.
+    pub fn add_user(&self, name: &str, password: &str, roles: &[&str]) {
+        let hasher = Hasher::new(self.config.auth.argon2).unwrap();
+        let hash = hasher.hash_now(&Password::new(password.into())).unwrap();
+        self.store
+            .add_user(name, hash, roles.iter().map(|r| r.to_string()).collect())
+            .unwrap();
+    }
+
+    /// Logs in over HTTP and returns the token.
+    pub async fn login(&self, name: &str, password: &str) -> String {
+        let body = serde_json::json!({"username": name, "password": password}).to_string();
+        let r = send(
+            self.addr,
+            Request::post("/login")
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "login failed: {}", r.text());
+        r.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    pub fn stop_signal(&mut self) -> Option<oneshot::Sender<()>> {
+        self.stop.take()
+    }
+
+    pub fn take_task(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        self.task.take()
+    }
+}
+
+trait MapOkUnit {
+    fn map_ok_unit(self) -> impl std::future::Future<Output = ()> + Send + 'static;
+}
+
+impl<F> MapOkUnit for F
+where
+    F: std::future::Future<Output = Result<(), tokengate::RunError>> + Send + 'static,
+{
+    fn map_ok_unit(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move { self.await.expect("gateway failed") }
+    }
+}
+
+pub fn config_text(upstream_url: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"5s\"\n\n[upstream]\nurl = \"{upstream_url}\"\nconnect_timeout = \"1s\"\ntimeout = \"2s\"\n\n[store]\npath = \"data\"\n\n[auth]\n{FAST_ARGON2}\n{extra}\n"
+    )
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn seen(&self) -> Seen {
+        assert_eq!(
+            self.status,
+            200,
+            "request did not reach the upstream: {}",
+            self.text()
+        );
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends `req` (origin-form URI) to `addr` on a fresh connection and reads the reply.
+pub async fn send(addr: SocketAddr, req: Request<impl Into<Bytes>>) -> Reply {
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    parts.uri = format!("http://{addr}{pq}").parse().unwrap();
+    let req = Request::from_parts(parts, Full::new(body.into()));
+    let r = client().request(req).await.expect("request failed");
+    let (parts, body) = r.into_parts();
+    let body = body.collect().await.expect("body failed").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
+    let mut b = Request::get(path);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Token {t}"));
+    }
+    send(addr, b.body(Bytes::new()).unwrap()).await
+}
+
+/// Writes raw bytes on a new TCP connection and reads until the server closes
+/// or `wait` passes; for requests a client library would normalise.
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
