@@ -269,19 +269,6 @@ impl Gateway {
     }
 }
 
-trait MapOkUnit {
-    fn map_ok_unit(self) -> impl std::future::Future<Output = ()> + Send + 'static;
-}
-
-impl<F> MapOkUnit for F
-where
-    F: std::future::Future<Output = Result<(), tokengate::RunError>> + Send + 'static,
-{
-    fn map_ok_unit(self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move { self.await.expect("gateway failed") }
-    }
-}
-
 pub fn config_text(upstream_url: &str, extra: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"5s\"\n\n[upstream]\nurl = \"{upstream_url}\"\nconnect_timeout = \"1s\"\ntimeout = \"2s\"\n\n[store]\npath = \"data\"\n\n[auth]\n{FAST_ARGON2}\n{extra}\n"
