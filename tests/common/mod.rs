@@ -206,12 +206,10 @@ impl Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            tokengate::run(listener, config.clone(), store.clone(), async {
-                let _ = stopped.await;
-            })
-            .map_ok_unit(),
-        );
+        let run = tokengate::run(listener, config.clone(), store.clone(), async {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(async move { run.await.expect("gateway failed") });
         Self {
             addr,
             store,
