@@ -2,7 +2,7 @@
 //! library. `main` only prints the error chain and sets the exit code.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -10,8 +10,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat, units};
+use crate::control::{Backend, Op, Reply, TokenView, UserView};
 use crate::password::{Hasher, Password};
-use crate::store::{Store, TokenInfo, User};
+use crate::store::Store;
 use crate::time::rfc3339;
 
 #[derive(Debug, Parser)]
@@ -160,7 +161,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = open_store(&config.store.path)?;
+        let store = Store::open(&config.store.path)?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| {
@@ -198,11 +199,20 @@ async fn shutdown_signal() {
     }
 }
 
-fn open_store(path: &Path) -> anyhow::Result<Store> {
-    Ok(Store::open(path)?)
+fn backend(config: &Config) -> anyhow::Result<Backend> {
+    Ok(Backend::connect(&config.store.path)?)
 }
 
 fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    let backend = backend(config)?;
+    let exists = |name: &str| -> anyhow::Result<(bool, bool)> {
+        match backend.run(Op::UserExists {
+            name: name.to_owned(),
+        })? {
+            Reply::Exists { exists, disabled } => Ok((exists, disabled)),
+            other => bail!("unexpected reply from the server: {other:?}"),
+        }
+    };
     match cmd {
         UserCommand::Add {
             name,
@@ -213,51 +223,63 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
             for role in &roles {
                 crate::store::validate_role(role)?;
             }
-            let store = open_store(&config.store.path)?;
-            if store.user(&name)?.is_some() {
+            if exists(&name)?.0 {
                 bail!(
                     "user `{name}` already exists; use `tokengate user passwd {name}` to change the password"
                 );
             }
             let password = read_password(password_stdin)?;
-            let hash = Hasher::new(config.auth.argon2)?.hash_now(&password)?;
-            store.add_user(&name, hash, roles)?;
+            let password_hash = Hasher::new(config.auth.argon2)?.hash_now(&password)?;
+            backend.run(Op::UserAdd {
+                name: name.clone(),
+                roles,
+                password_hash,
+            })?;
             eprintln!("user `{name}` added");
         }
         UserCommand::Passwd {
             name,
             password_stdin,
         } => {
-            let store = open_store(&config.store.path)?;
-            if store.user(&name)?.is_none() {
+            if !exists(&name)?.0 {
                 bail!("no user named `{name}`");
             }
             let password = read_password(password_stdin)?;
-            let hash = Hasher::new(config.auth.argon2)?.hash_now(&password)?;
-            store.set_password(&name, hash)?;
+            let password_hash = Hasher::new(config.auth.argon2)?.hash_now(&password)?;
+            backend.run(Op::UserPasswd {
+                name: name.clone(),
+                password_hash,
+            })?;
             eprintln!("password of `{name}` changed; all of their tokens are revoked");
         }
         UserCommand::Remove { name } => {
-            open_store(&config.store.path)?.remove_user(&name)?;
+            backend.run(Op::UserRemove { name: name.clone() })?;
             eprintln!("user `{name}` removed with all of their tokens");
         }
         UserCommand::Disable { name } => {
-            open_store(&config.store.path)?.set_disabled(&name, true)?;
+            backend.run(Op::UserSetDisabled {
+                name: name.clone(),
+                disabled: true,
+            })?;
             eprintln!("user `{name}` disabled; all of their tokens are revoked");
         }
         UserCommand::Enable { name } => {
-            open_store(&config.store.path)?.set_disabled(&name, false)?;
+            backend.run(Op::UserSetDisabled {
+                name: name.clone(),
+                disabled: false,
+            })?;
             eprintln!("user `{name}` enabled");
         }
-        UserCommand::List { json } => {
-            let users = open_store(&config.store.path)?.users()?;
-            print_users(&users, json)?;
-        }
+        UserCommand::List { json } => match backend.run(Op::UserList)? {
+            Reply::Users { users } => print_users(&users, json)?,
+            other => bail!("unexpected reply from the server: {other:?}"),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    let backend = backend(config)?;
     match cmd {
         TokenCommand::Issue { name, ttl, label } => {
             let ttl = match ttl {
@@ -268,41 +290,43 @@ fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     (!d.is_zero()).then_some(d)
                 }
             };
-            let store = open_store(&config.store.path)?;
-            let Some(user) = store.user(&name)? else {
-                bail!("no user named `{name}`");
+            let reply = backend.run(Op::TokenIssue {
+                name: name.clone(),
+                ttl_secs: ttl.map(|d| d.as_secs().max(1)),
+                label,
+            })?;
+            let Reply::Issued {
+                token,
+                id,
+                expires_at,
+            } = reply
+            else {
+                bail!("unexpected reply from the server: {reply:?}");
             };
-            if user.disabled {
-                bail!(
-                    "user `{name}` is disabled; enable it first with `tokengate user enable {name}`"
-                );
-            }
-            let (token, record) = store.issue_token(&user, ttl, label)?;
             eprintln!(
-                "token {} for `{name}`, expires {}; it is shown only this once:",
-                token.digest().id(),
-                record.expires_at.map_or("never".into(), rfc3339)
+                "token {id} for `{name}`, expires {}; it is shown only this once:",
+                expires_at.map_or("never".into(), rfc3339)
             );
-            println!("{}", token.expose());
+            println!("{token}");
         }
-        TokenCommand::List { user, json } => {
-            let tokens = open_store(&config.store.path)?.tokens(user.as_deref())?;
-            print_tokens(&tokens, json)?;
-        }
-        TokenCommand::Revoke { id, user } => {
-            let store = open_store(&config.store.path)?;
-            match (id, user) {
-                (Some(id), None) => {
-                    store.revoke_id(&id)?;
-                    eprintln!("token {id} revoked");
-                }
-                (None, Some(user)) => {
-                    let n = store.revoke_user_tokens(&user)?;
-                    eprintln!("{n} token(s) of `{user}` revoked");
-                }
-                _ => bail!("give a token id or --user NAME, not both"),
+        TokenCommand::List { user, json } => match backend.run(Op::TokenList { user })? {
+            Reply::Tokens { tokens } => print_tokens(&tokens, json)?,
+            other => bail!("unexpected reply from the server: {other:?}"),
+        },
+        TokenCommand::Revoke { id, user } => match (id, user) {
+            (Some(id), None) => {
+                backend.run(Op::TokenRevoke { id: id.clone() })?;
+                eprintln!("token {id} revoked");
             }
-        }
+            (None, Some(user)) => {
+                let reply = backend.run(Op::TokenRevokeUser { name: user.clone() })?;
+                let Reply::Revoked { count } = reply else {
+                    bail!("unexpected reply from the server: {reply:?}");
+                };
+                eprintln!("{count} token(s) of `{user}` revoked");
+            }
+            _ => bail!("give a token id or --user NAME, not both"),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -332,7 +356,7 @@ fn read_password(from_stdin: bool) -> anyhow::Result<Password> {
     Ok(password)
 }
 
-fn print_users(users: &[User], json: bool) -> anyhow::Result<()> {
+fn print_users(users: &[UserView], json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         let list: Vec<_> = users
@@ -367,7 +391,7 @@ fn print_users(users: &[User], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_tokens(tokens: &[TokenInfo], json: bool) -> anyhow::Result<()> {
+fn print_tokens(tokens: &[TokenView], json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         let list: Vec<_> = tokens
@@ -375,10 +399,11 @@ fn print_tokens(tokens: &[TokenInfo], json: bool) -> anyhow::Result<()> {
             .map(|t| {
                 serde_json::json!({
                     "id": t.id,
-                    "user": t.record.user,
-                    "label": t.record.label,
-                    "created_at": rfc3339(t.record.created_at),
-                    "expires_at": t.record.expires_at.map(rfc3339),
+                    "user": t.user,
+                    "label": t.label,
+                    "created_at": rfc3339(t.created_at),
+                    "expires_at": t.expires_at.map(rfc3339),
+                    "last_used_at": t.last_used_at.map(rfc3339),
                 })
             })
             .collect();
@@ -386,18 +411,19 @@ fn print_tokens(tokens: &[TokenInfo], json: bool) -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "{:<16}  {:<20} {:<21} {:<21} LABEL",
-            "ID", "USER", "CREATED", "EXPIRES"
+            "{:<16}  {:<20} {:<21} {:<21} {:<21} LABEL",
+            "ID", "USER", "CREATED", "EXPIRES", "LAST USED"
         )?;
         for t in tokens {
             writeln!(
                 out,
-                "{:<16}  {:<20} {:<21} {:<21} {}",
+                "{:<16}  {:<20} {:<21} {:<21} {:<21} {}",
                 t.id,
-                t.record.user,
-                rfc3339(t.record.created_at),
-                t.record.expires_at.map_or("never".into(), rfc3339),
-                t.record.label.as_deref().unwrap_or("")
+                t.user,
+                rfc3339(t.created_at),
+                t.expires_at.map_or("never".into(), rfc3339),
+                t.last_used_at.map_or("never".into(), rfc3339),
+                t.label.as_deref().unwrap_or("")
             )?;
         }
     }

@@ -16,6 +16,7 @@
 //! - [`response`]: every rejection and the one function that renders it
 //!
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
+//! [`control`] (the local admin channel the CLI uses while the server runs),
 //! [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
 //! blocking pool), [`cli`] (the `tokengate` commands).
 
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod gateway;
 pub mod headers;
 pub mod login;
@@ -47,7 +49,12 @@ pub enum RunError {
     Hasher(#[from] password::PasswordError),
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
 }
+
+/// How often expired tokens are swept from the store.
+const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Runs the gateway on `listener` with `config` over `store` until `shutdown`
 /// resolves. The binary and the integration tests both start here.
@@ -57,7 +64,28 @@ pub async fn run(
     store: store::Store,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let admin = control::bind(&config.store.path)?;
+    let admin = tokio::spawn(control::serve(admin, store.clone()));
+    let purge = tokio::spawn(purge_expired(store.clone()));
     let gateway = Arc::new(gateway::Gateway::new(config.clone(), store)?);
-    server::serve(listener, gateway, &config.server, shutdown).await?;
+    let served = server::serve(listener, gateway, &config.server, shutdown).await;
+    admin.abort();
+    purge.abort();
+    let _ = std::fs::remove_file(control::socket_path(&config.store.path));
+    served?;
     Ok(())
+}
+
+async fn purge_expired(store: store::Store) {
+    let mut every = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        every.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.purge_expired()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(purged = n, "expired tokens removed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "purging expired tokens failed"),
+            Err(e) => tracing::warn!(error = %e, "purge task failed"),
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! all of their tokens sets a new epoch in one write, which ends every
 //! token at once — including one a concurrent login is about to store.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,7 +49,13 @@ pub struct TokenRecord {
     pub created_at: u64,
     pub expires_at: Option<u64>,
     pub label: Option<String>,
+    /// Updated at most once per `LAST_USED_GRANULARITY`, never per request.
+    #[serde(default)]
+    pub last_used_at: Option<u64>,
 }
+
+/// How stale `last_used_at` may get: one store write per token per minute at most.
+pub const LAST_USED_GRANULARITY: u64 = 60;
 
 /// A token as `token list` shows it: never the secret.
 #[derive(Debug, Clone)]
@@ -88,6 +95,8 @@ pub enum StoreError {
     UserExists(String),
     #[error("no user named `{0}`")]
     UnknownUser(String),
+    #[error("user `{0}` is disabled; enable it first with `tokengate user enable {0}`")]
+    Disabled(String),
     #[error("no token with id `{0}`")]
     UnknownToken(String),
     #[error("the user's credentials changed while the token was being issued")]
@@ -169,6 +178,16 @@ fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreEr
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Password hashes live here: owner-only, whoever creates it.
+        let open_err = |source: std::io::Error| StoreError::Open {
+            path: path.to_path_buf(),
+            source: sled::Error::Io(source),
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(open_err)?;
         let db = sled::Config::new().path(path).open().map_err(|source| {
             let locked = matches!(&source, sled::Error::Io(io)
                 if io.kind() == std::io::ErrorKind::WouldBlock
@@ -325,6 +344,7 @@ impl Store {
             created_at,
             expires_at: ttl.map(|ttl| created_at.saturating_add(ttl.as_secs())),
             label,
+            last_used_at: None,
         };
         let bytes = serde_json::to_vec(&record)?;
         let name = user.username.as_str();
@@ -354,8 +374,9 @@ impl Store {
         let Some(bytes) = self.tokens.get(digest.0)? else {
             return Ok(None);
         };
-        let record: TokenRecord = serde_json::from_slice(&bytes)?;
-        if record.expires_at.is_some_and(|at| at <= now()) {
+        let mut record: TokenRecord = serde_json::from_slice(&bytes)?;
+        let now = now();
+        if record.expires_at.is_some_and(|at| at <= now) {
             return Ok(None);
         }
         let Some(user) = self.user(&record.user)? else {
@@ -363,6 +384,19 @@ impl Store {
         };
         if user.disabled || user.epoch != record.epoch {
             return Ok(None);
+        }
+        if record
+            .last_used_at
+            .is_none_or(|at| now.saturating_sub(at) >= LAST_USED_GRANULARITY)
+        {
+            record.last_used_at = Some(now);
+            // Compare-and-swap so a concurrent revocation is never undone;
+            // losing this bookkeeping write to a race is harmless. It is not
+            // an acknowledged change, so it rides sled's background flush.
+            let updated = serde_json::to_vec(&record)?;
+            let _ = self
+                .tokens
+                .compare_and_swap(digest.0, Some(bytes), Some(updated))?;
         }
         Ok(Some(Identity {
             username: user.username,
@@ -396,6 +430,35 @@ impl Store {
             Some(digest) => self.revoke(&digest).map(|_| ()),
             None => Err(StoreError::UnknownToken(id.to_owned())),
         }
+    }
+
+    /// Deletes expired tokens; returns how many. They are already refused
+    /// at check time, this only reclaims space.
+    pub fn purge_expired(&self) -> Result<usize, StoreError> {
+        let now = now();
+        let mut purged = 0;
+        for entry in self.tokens.iter() {
+            let (key, value) = entry?;
+            let Ok(record) = serde_json::from_slice::<TokenRecord>(&value) else {
+                continue;
+            };
+            if record.expires_at.is_some_and(|at| at <= now)
+                && self
+                    .tokens
+                    .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                if let Ok(digest) = <[u8; 32]>::try_from(key.as_ref()) {
+                    self.user_tokens
+                        .remove(user_token_key(&record.user, &TokenDigest(digest)))?;
+                }
+                purged += 1;
+            }
+        }
+        if purged > 0 {
+            self.flush()?;
+        }
+        Ok(purged)
     }
 
     pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
@@ -492,11 +555,29 @@ mod tests {
     }
 
     #[test]
-    fn expired_tokens_are_refused() {
+    fn expired_tokens_are_refused_and_purged() {
         let (_d, s) = store();
         let user = s.add_user("carol", "h".into(), vec![]).unwrap();
         let (t, _) = s.issue_token(&user, Some(Duration::ZERO), None).unwrap();
+        let (live, _) = s.issue_token(&user, None, None).unwrap();
         assert_eq!(s.authenticate(&t.digest()).unwrap(), None);
+        assert_eq!(s.purge_expired().unwrap(), 1);
+        assert_eq!(s.tokens(None).unwrap().len(), 1);
+        assert!(s.authenticate(&live.digest()).unwrap().is_some());
+    }
+
+    #[test]
+    fn last_used_is_recorded_without_reviving_revoked_tokens() {
+        let (_d, s) = store();
+        let user = s.add_user("hal", "h".into(), vec![]).unwrap();
+        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        assert_eq!(s.tokens(None).unwrap()[0].record.last_used_at, None);
+        s.authenticate(&t.digest()).unwrap().unwrap();
+        let used = s.tokens(None).unwrap()[0].record.last_used_at;
+        assert!(used.is_some_and(|at| at.abs_diff(now()) < 5));
+        s.revoke(&t.digest()).unwrap();
+        assert_eq!(s.authenticate(&t.digest()).unwrap(), None);
+        assert!(s.tokens(None).unwrap().is_empty());
     }
 
     #[test]

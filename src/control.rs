@@ -1,0 +1,403 @@
+//! The local admin channel: how `tokengate user …` and `tokengate token …`
+//! reach a store that a running `tokengate serve` holds (sled lets one
+//! process open a database). The server listens on a Unix socket inside the
+//! data directory, mode 0600, and also checks the peer's uid; it is never on
+//! the network. When no server answers, the CLI opens the store itself and
+//! runs the very same `execute`, so output and exit codes do not depend on
+//! which way a command went.
+//!
+//! Protocol: one JSON `Op` line in, one JSON `Reply` line out, then close.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::store::{Store, StoreError, TokenInfo, User};
+
+pub const SOCKET_NAME: &str = "admin.sock";
+/// Longest request line; an op is a few hundred bytes.
+const MAX_LINE: u64 = 64 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn socket_path(store_path: &Path) -> PathBuf {
+    store_path.join(SOCKET_NAME)
+}
+
+/// One management operation. Passwords arrive already hashed by the CLI.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    UserAdd {
+        name: String,
+        roles: Vec<String>,
+        password_hash: String,
+    },
+    UserPasswd {
+        name: String,
+        password_hash: String,
+    },
+    UserRemove {
+        name: String,
+    },
+    UserSetDisabled {
+        name: String,
+        disabled: bool,
+    },
+    UserList,
+    UserExists {
+        name: String,
+    },
+    TokenIssue {
+        name: String,
+        ttl_secs: Option<u64>,
+        label: Option<String>,
+    },
+    TokenList {
+        user: Option<String>,
+    },
+    TokenRevoke {
+        id: String,
+    },
+    TokenRevokeUser {
+        name: String,
+    },
+}
+
+/// A user as management output shows it: never the password hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserView {
+    pub username: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    pub created_at: u64,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self {
+            username: u.username,
+            roles: u.roles,
+            disabled: u.disabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub user: String,
+    pub label: Option<String>,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub last_used_at: Option<u64>,
+}
+
+impl From<TokenInfo> for TokenView {
+    fn from(t: TokenInfo) -> Self {
+        Self {
+            id: t.id,
+            user: t.record.user,
+            label: t.record.label,
+            created_at: t.record.created_at,
+            expires_at: t.record.expires_at,
+            last_used_at: t.record.last_used_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Done,
+    Exists {
+        exists: bool,
+        disabled: bool,
+    },
+    Users {
+        users: Vec<UserView>,
+    },
+    Tokens {
+        tokens: Vec<TokenView>,
+    },
+    Issued {
+        token: String,
+        id: String,
+        expires_at: Option<u64>,
+    },
+    Revoked {
+        count: usize,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// Runs `op` against `store`. Both the server and a CLI holding the store
+/// itself call this, so the two paths cannot drift apart.
+pub fn execute(store: &Store, op: Op) -> Result<Reply, StoreError> {
+    Ok(match op {
+        Op::UserAdd {
+            name,
+            roles,
+            password_hash,
+        } => {
+            store.add_user(&name, password_hash, roles)?;
+            Reply::Done
+        }
+        Op::UserPasswd {
+            name,
+            password_hash,
+        } => {
+            store.set_password(&name, password_hash)?;
+            Reply::Done
+        }
+        Op::UserRemove { name } => {
+            store.remove_user(&name)?;
+            Reply::Done
+        }
+        Op::UserSetDisabled { name, disabled } => {
+            store.set_disabled(&name, disabled)?;
+            Reply::Done
+        }
+        Op::UserList => Reply::Users {
+            users: store.users()?.into_iter().map(UserView::from).collect(),
+        },
+        Op::UserExists { name } => {
+            let user = store.user(&name)?;
+            Reply::Exists {
+                exists: user.is_some(),
+                disabled: user.is_some_and(|u| u.disabled),
+            }
+        }
+        Op::TokenIssue {
+            name,
+            ttl_secs,
+            label,
+        } => {
+            let Some(user) = store.user(&name)? else {
+                return Err(StoreError::UnknownUser(name));
+            };
+            if user.disabled {
+                return Err(StoreError::Disabled(name));
+            }
+            let (token, record) =
+                store.issue_token(&user, ttl_secs.map(Duration::from_secs), label)?;
+            Reply::Issued {
+                id: token.digest().id(),
+                token: token.expose().to_owned(),
+                expires_at: record.expires_at,
+            }
+        }
+        Op::TokenList { user } => Reply::Tokens {
+            tokens: store
+                .tokens(user.as_deref())?
+                .into_iter()
+                .map(TokenView::from)
+                .collect(),
+        },
+        Op::TokenRevoke { id } => {
+            store.revoke_id(&id)?;
+            Reply::Revoked { count: 1 }
+        }
+        Op::TokenRevokeUser { name } => Reply::Revoked {
+            count: store.revoke_user_tokens(&name)?,
+        },
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create the admin socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the admin channel at {path} failed: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server sent an unreadable reply: {0}")]
+    Protocol(#[from] serde_json::Error),
+}
+
+/// Binds the admin socket, replacing a stale one left by a killed server.
+/// Only the owner may connect (mode 0600 on the socket, 0700 on the directory).
+pub fn bind(store_path: &Path) -> Result<UnixListener, ControlError> {
+    let path = socket_path(store_path);
+    let bind_err = |source| ControlError::Bind {
+        path: path.clone(),
+        source,
+    };
+    std::fs::set_permissions(store_path, std::fs::Permissions::from_mode(0o700))
+        .map_err(bind_err)?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(bind_err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Serves the admin channel until the listener is dropped with the task.
+pub async fn serve(listener: UnixListener, store: Store) {
+    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
+        if own_uid.is_none() || peer_uid != own_uid {
+            tracing::warn!(
+                ?peer_uid,
+                "admin channel: refused a connection from another user"
+            );
+            continue;
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, store).await {
+                tracing::warn!(error = %e, "admin channel request failed");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, store: Store) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE));
+    tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::other("timed out reading the request"))??;
+    if line.is_empty() {
+        // A CLI probing whether a server answers connects and hangs up.
+        return Ok(());
+    }
+    let reply = match serde_json::from_str::<Op>(&line) {
+        Err(e) => Reply::Failed {
+            message: format!("malformed admin request: {e}"),
+        },
+        Ok(op) => {
+            let summary = op_summary(&op);
+            let result = tokio::task::spawn_blocking(move || execute(&store, op)).await;
+            match result {
+                Ok(Ok(reply)) => {
+                    tracing::info!(op = %summary, "admin channel: done");
+                    reply
+                }
+                Ok(Err(e)) => Reply::Failed {
+                    message: e.to_string(),
+                },
+                Err(e) => Reply::Failed {
+                    message: format!("the operation failed: {e}"),
+                },
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    tokio::time::timeout(IO_TIMEOUT, write.write_all(&out))
+        .await
+        .map_err(|_| std::io::Error::other("timed out writing the reply"))??;
+    Ok(())
+}
+
+/// What an op did, for the log: names, never secrets or hashes.
+fn op_summary(op: &Op) -> String {
+    match op {
+        Op::UserAdd { name, .. } => format!("user add {name}"),
+        Op::UserPasswd { name, .. } => format!("user passwd {name}"),
+        Op::UserRemove { name } => format!("user remove {name}"),
+        Op::UserSetDisabled { name, disabled } => {
+            format!(
+                "user {} {name}",
+                if *disabled { "disable" } else { "enable" }
+            )
+        }
+        Op::UserList => "user list".into(),
+        Op::UserExists { name } => format!("user lookup {name}"),
+        Op::TokenIssue { name, .. } => format!("token issue {name}"),
+        Op::TokenList { .. } => "token list".into(),
+        Op::TokenRevoke { id } => format!("token revoke {id}"),
+        Op::TokenRevokeUser { name } => format!("token revoke --user {name}"),
+    }
+}
+
+/// Where CLI commands go: a running server's admin channel, or the store.
+pub enum Backend {
+    Remote(PathBuf),
+    Local(Store),
+}
+
+impl Backend {
+    /// Connects to a running server if one answers on the socket, else opens
+    /// the store directly.
+    pub fn connect(store_path: &Path) -> Result<Self, BackendError> {
+        let socket = socket_path(store_path);
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(Backend::Remote(socket));
+        }
+        match Store::open(store_path) {
+            Ok(store) => Ok(Backend::Local(store)),
+            Err(StoreError::Locked { path }) => Err(BackendError::Unreachable { path }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn run(&self, op: Op) -> Result<Reply, BackendError> {
+        match self {
+            Backend::Local(store) => Ok(execute(store, op)?),
+            Backend::Remote(socket) => {
+                let reply = call(socket, &op)?;
+                match reply {
+                    Reply::Failed { message } => Err(BackendError::Server(message)),
+                    reply => Ok(reply),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("{0}")]
+    Server(String),
+    #[error(
+        "the store at {path} is held by another process but its admin socket does not answer; is `tokengate serve` running as another user?"
+    )]
+    Unreachable { path: PathBuf },
+}
+
+fn call(socket: &Path, op: &Op) -> Result<Reply, ControlError> {
+    use std::io::{BufRead, Write};
+    let io_err = |source| ControlError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(io_err)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+    let mut line = serde_json::to_vec(op)?;
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io_err)?;
+    let mut reply = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(io_err)?;
+    Ok(serde_json::from_str(&reply)?)
+}

@@ -1,0 +1,502 @@
+//! User and token management through the real binary, with `serve` running
+//! (commands go through the admin channel) and stopped (they open the store).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    fn new(upstream: SocketAddr, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tokengate.toml");
+        std::fs::write(&config, config_text(&format!("http://{upstream}"), extra)).unwrap();
+        Self { dir, config }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(self.dir.path())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn with_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn store_path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// A `tokengate serve` child process; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(env: &Env, extra_env: &[(&str, &str)]) -> Self {
+        let log = env
+            .dir
+            .path()
+            .join(format!("serve-{}.log", std::process::id()));
+        let mut cmd = env.cmd(&["serve"]);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).unwrap();
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                writeln!(file, "{line}").unwrap();
+                if !sent && let Some(rest) = line.split("listen=").nth(1) {
+                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    tx.send(addr).unwrap();
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server did not start");
+        // The admin socket is bound before the listener's address is logged? Wait for it.
+        let socket = env.store_path().join("admin.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "admin socket never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, addr, log }
+    }
+
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or("")
+}
+
+/// The same sequence of commands, checked by their output; `server` tells
+/// whether the HTTP side can be checked too.
+async fn manage_users_and_tokens(env: &Env, server: Option<SocketAddr>) {
+    let out = env.with_stdin(
+        &[
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "pw-alice\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dup = env.with_stdin(&["user", "add", "alice", "--password-stdin"], "x\n");
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let empty = env.with_stdin(&["user", "add", "bob", "--password-stdin"], "\n");
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("empty"));
+    let long = env.with_stdin(
+        &["user", "add", "bob", "--password-stdin"],
+        &"x".repeat(1025),
+    );
+    assert!(!long.status.success());
+    assert!(String::from_utf8_lossy(&long.stderr).contains("1024"));
+    let no_tty = env.run(&["user", "add", "bob"]);
+    assert!(!no_tty.status.success());
+    assert!(String::from_utf8_lossy(&no_tty.stderr).contains("--password-stdin"));
+
+    let users = env.json(&["user", "list", "--json"]);
+    assert_eq!(users.as_array().unwrap().len(), 1);
+    assert_eq!(users[0]["username"], "alice");
+    assert_eq!(users[0]["roles"], serde_json::json!(["admin"]));
+    assert_eq!(users[0]["disabled"], false);
+
+    let issued = env.ok(&[
+        "token", "issue", "alice", "--label", "ci bot", "--ttl", "1h",
+    ]);
+    let token = last_line(&issued).to_owned();
+    assert!(token.starts_with("tg_") && token.len() == 52, "{issued}");
+    let second = last_line(&env.ok(&["token", "issue", "alice"])).to_owned();
+
+    let listed = env.ok(&["token", "list", "--json"]);
+    assert!(
+        !listed.contains(&token) && !listed.contains(&token[3..20]),
+        "secret in token list"
+    );
+    let tokens: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let tokens = tokens.as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    let ci = tokens.iter().find(|t| t["label"] == "ci bot").unwrap();
+    for key in ["id", "user", "label", "created_at", "expires_at"] {
+        assert!(ci.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(ci["user"], "alice");
+    assert!(ci["expires_at"].is_string());
+    let text = env.ok(&["token", "list", "--user", "alice"]);
+    assert!(!text.contains(&token));
+    assert!(
+        env.json(&["token", "list", "--user", "nobody", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    if let Some(addr) = server {
+        assert_eq!(get(addr, "/x", Some(&token)).await.status, 200);
+        assert!(
+            get(addr, "/x", Some(&token))
+                .await
+                .seen()
+                .header("x-auth-user")
+                == Some("alice")
+        );
+    }
+
+    env.ok(&["token", "revoke", ci["id"].as_str().unwrap()]);
+    let again = env.run(&["token", "revoke", ci["id"].as_str().unwrap()]);
+    assert!(
+        !again.status.success(),
+        "revoking twice must say the token is unknown"
+    );
+    if let Some(addr) = server {
+        assert_eq!(get(addr, "/x", Some(&token)).await.status, 401);
+        assert_eq!(get(addr, "/x", Some(&second)).await.status, 200);
+    }
+
+    let out = env.with_stdin(&["user", "passwd", "alice", "--password-stdin"], "pw-new\n");
+    assert!(out.status.success());
+    assert!(
+        env.json(&["token", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    if let Some(addr) = server {
+        assert_eq!(get(addr, "/x", Some(&second)).await.status, 401);
+        let r = login(addr, "alice", "pw-alice").await;
+        assert_eq!(r.status, 401, "old password must fail");
+        assert_eq!(login(addr, "alice", "pw-new").await.status, 200);
+    }
+
+    let t3 = last_line(&env.ok(&["token", "issue", "alice", "--ttl", "0s"])).to_owned();
+    let listed = env.json(&["token", "list", "--json"]);
+    assert!(listed[0]["expires_at"].is_null() || listed.as_array().unwrap().len() > 1);
+    env.ok(&["user", "disable", "alice"]);
+    let users = env.json(&["user", "list", "--json"]);
+    assert_eq!(users[0]["disabled"], true);
+    let refused = env.run(&["token", "issue", "alice"]);
+    assert!(!refused.status.success(), "disabled users get no tokens");
+    if let Some(addr) = server {
+        assert_eq!(get(addr, "/x", Some(&t3)).await.status, 401);
+        assert_eq!(login(addr, "alice", "pw-new").await.status, 401);
+    }
+    env.ok(&["user", "enable", "alice"]);
+    if let Some(addr) = server {
+        assert_eq!(
+            get(addr, "/x", Some(&t3)).await.status,
+            401,
+            "enable revives no token"
+        );
+        assert_eq!(login(addr, "alice", "pw-new").await.status, 200);
+    }
+
+    let t4 = last_line(&env.ok(&["token", "issue", "alice"])).to_owned();
+    let _t5 = last_line(&env.ok(&["token", "issue", "alice"])).to_owned();
+    let out = env.run(&["token", "revoke", "--user", "alice"]);
+    assert!(out.status.success());
+    if let Some(addr) = server {
+        assert_eq!(get(addr, "/x", Some(&t4)).await.status, 401);
+    }
+    assert!(
+        env.json(&["token", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let t6 = last_line(&env.ok(&["token", "issue", "alice"])).to_owned();
+    env.ok(&["user", "remove", "alice"]);
+    assert!(
+        env.json(&["user", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!env.run(&["user", "remove", "alice"]).status.success());
+    assert!(!env.run(&["token", "issue", "alice"]).status.success());
+    assert!(!env.run(&["user", "disable", "ghost"]).status.success());
+    if let Some(addr) = server {
+        assert_eq!(get(addr, "/x", Some(&t6)).await.status, 401);
+    }
+}
+
+async fn login(addr: SocketAddr, user: &str, password: &str) -> Reply {
+    send(
+        addr,
+        Request::post("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("username={user}&password={password}"))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_works_with_the_server_stopped() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "");
+    manage_users_and_tokens(&env, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_works_while_the_server_runs() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "");
+    let server = Server::start(&env, &[]);
+    manage_users_and_tokens(&env, Some(server.addr)).await;
+    let log = server.stop();
+    assert!(
+        log.contains("admin channel"),
+        "commands did not go through the server:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_written_while_running_is_there_after_a_restart() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "");
+    let server = Server::start(&env, &[]);
+    let out = env.with_stdin(&["user", "add", "carol", "--password-stdin"], "pw\n");
+    assert!(out.status.success());
+    let token = last_line(&env.ok(&["token", "issue", "carol"])).to_owned();
+    server.stop();
+    let users = env.json(&["user", "list", "--json"]);
+    assert_eq!(users[0]["username"], "carol");
+    let server = Server::start(&env, &[]);
+    assert_eq!(get(server.addr, "/x", Some(&token)).await.status, 200);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_reaches_an_open_keep_alive_connection() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "");
+    let server = Server::start(&env, &[]);
+    assert!(
+        env.with_stdin(&["user", "add", "dan", "--password-stdin"], "pw\n")
+            .status
+            .success()
+    );
+    let token = last_line(&env.ok(&["token", "issue", "dan"])).to_owned();
+
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = || {
+        Request::get("/x")
+            .header("host", "gw")
+            .header("authorization", format!("Token {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = sender.send_request(request()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_body().collect().await.unwrap();
+
+    env.ok(&["token", "revoke", "--user", "dan"]);
+
+    sender
+        .ready()
+        .await
+        .expect("the keep-alive connection was closed");
+    let r = sender.send_request(request()).await.unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "revocation must be seen on the same connection"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_expire_after_their_ttl() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "token_ttl = \"1s\"");
+    let server = Server::start(&env, &[]);
+    assert!(
+        env.with_stdin(&["user", "add", "eve", "--password-stdin"], "pw\n")
+            .status
+            .success()
+    );
+    let r = login(server.addr, "eve", "pw").await;
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    assert!(body["expires_at"].is_string());
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(get(server.addr, "/x", Some(&token)).await.status, 200);
+    // Expiry is second-granular: within at most two seconds the token is dead.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = get(server.addr, "/x", Some(&token)).await.status;
+        if status == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "token outlived its ttl");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_in_logs_or_store_files() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "");
+    let server = Server::start(&env, &[("RUST_LOG", "trace")]);
+    let password = "Very-Secret-Password-42";
+    assert!(
+        env.with_stdin(
+            &["user", "add", "fay", "--password-stdin"],
+            &format!("{password}\n")
+        )
+        .status
+        .success()
+    );
+    let r = login(server.addr, "fay", password).await;
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(get(server.addr, "/x", Some(&token)).await.status, 200);
+    let issued = last_line(&env.ok(&["token", "issue", "fay"])).to_owned();
+    assert_eq!(
+        login(server.addr, "fay", "wrong-Password-99").await.status,
+        401
+    );
+    let log = server.stop();
+    assert!(
+        log.contains("login succeeded"),
+        "trace log was not captured:\n{log}"
+    );
+    for secret in [password, "wrong-Password-99", &token, &issued] {
+        assert!(!log.contains(secret), "secret {secret} found in the log");
+        for file in walk(&env.store_path()) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret found in {file:?}"
+            );
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_admin_socket_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(echo_upstream());
+    let env = Env::new(up.addr, "");
+    let server = Server::start(&env, &[]);
+    let socket = env.store_path().join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let dir_mode = std::fs::metadata(env.store_path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    server.stop();
+    assert!(!socket.exists(), "the socket is removed at shutdown");
+}
