@@ -41,6 +41,8 @@ enum Command {
     Serve,
     /// Validate the config and print the effective config
     Check,
+    /// Exit 0 when the running gateway is ready (for Docker HEALTHCHECK)
+    Healthcheck,
     /// Manage users
     #[command(subcommand)]
     User(UserCommand),
@@ -124,6 +126,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
             eprintln!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Healthcheck => {
+            let config = Config::load(&path, env)?;
+            healthcheck(&config)
+        }
         Command::Serve => {
             let config = Config::load(&path, env)?;
             serve(config)
@@ -171,6 +177,19 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
                     config.source.display()
                 )
             })?;
+        let admin = match &config.admin {
+            None => None,
+            Some(admin) => Some(tokio::net::TcpListener::bind(admin.listen).await.with_context(|| {
+                format!(
+                    "cannot listen on {} (admin.listen in {}); is another process using it?",
+                    admin.listen,
+                    config.source.display()
+                )
+            })?),
+        };
+        if let Some(admin) = &admin {
+            tracing::info!(admin = %admin.local_addr()?, "admin listener: /healthz /readyz /metrics");
+        }
         let addr = listener.local_addr()?;
         tracing::info!(
             listen = %addr,
@@ -178,7 +197,11 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             store = %config.store.path.display(),
             "tokengate listening"
         );
-        crate::run(listener, config.clone(), store, shutdown_signal()).await?;
+        let listeners = crate::Listeners {
+            gateway: listener,
+            admin,
+        };
+        crate::run_with(listeners, config.clone(), store, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -196,6 +219,48 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// With `[admin]`: `GET /readyz` must answer 200. Without: the gateway's own
+/// port must answer HTTP at all (any status; a 401 proves it is serving).
+fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::time::Duration;
+    let (mut addr, path, need_ok) = match &config.admin {
+        Some(admin) => (admin.listen, "/readyz", true),
+        None => (config.server.listen, "/", false),
+    };
+    // A wildcard listen address is reached on loopback.
+    if addr.ip().is_unspecified() {
+        let ip = match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        addr = SocketAddr::new(ip, addr.port());
+    }
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("not healthy: cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status: Option<u16> = line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok());
+    match status {
+        Some(200) => Ok(ExitCode::SUCCESS),
+        Some(_) if !need_ok => Ok(ExitCode::SUCCESS),
+        Some(code) => bail!("not healthy: {addr}{path} answered {code}"),
+        None => bail!("not healthy: {addr} did not answer HTTP"),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::canonical::canonicalize;
 use crate::config::Config;
 use crate::headers::{self, Forwarded};
 use crate::login::Login;
+use crate::metrics::{AuthOutcome, LoginOutcome, Metrics};
 use crate::password::Hasher;
 use crate::policy;
 use crate::response::{self, Body, Rejection};
@@ -28,6 +29,7 @@ pub struct Gateway {
     store: Store,
     hasher: Hasher,
     upstream: Upstream,
+    metrics: Arc<Metrics>,
 }
 
 /// What the server knows about the connection a request came on.
@@ -44,13 +46,22 @@ struct Outcome {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, store: Store) -> Result<Self, crate::password::PasswordError> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::password::PasswordError> {
         Ok(Self {
             hasher: Hasher::new(config.auth.argon2)?,
             upstream: Upstream::new(&config.upstream),
             config,
             store,
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {
@@ -68,6 +79,7 @@ impl Gateway {
             Ok(response) => response,
             Err(rejection) => rejection.into_response(),
         };
+        self.metrics.response(response.status().as_u16());
         tracing::info!(
             target: "tokengate::access",
             method = %method,
@@ -98,7 +110,15 @@ impl Gateway {
                 body_timeout: auth.login_body_timeout,
                 token_ttl: auth.token_ttl,
             };
-            let (response, user) = login.handle(req).await?;
+            let started = Instant::now();
+            let result = login.handle(req).await;
+            self.metrics.login_latency.observe(started.elapsed());
+            self.metrics.login(match &result {
+                Ok(_) => LoginOutcome::Ok,
+                Err(Rejection::StoreUnavailable) => LoginOutcome::Error,
+                Err(_) => LoginOutcome::Failed,
+            });
+            let (response, user) = result?;
             outcome.user = Some(user);
             return Ok(response);
         }
@@ -107,15 +127,27 @@ impl Gateway {
         }
 
         let identity = if policy::is_public(&auth.public, &path) {
+            self.metrics.auth(AuthOutcome::Public);
             None
         } else {
-            let identity = auth::authenticate(&self.store, req.headers(), &auth.schemes)?;
+            let identity = auth::authenticate(&self.store, req.headers(), &auth.schemes)
+                .inspect_err(|rejection| {
+                    self.metrics.auth(match rejection {
+                        Rejection::NotProvided => AuthOutcome::Missing,
+                        _ => AuthOutcome::Invalid,
+                    })
+                })?;
             outcome.user = Some(identity.username.clone());
-            policy::authorize(&self.config.rules, &path, &identity)?;
+            policy::authorize(&self.config.rules, &path, &identity)
+                .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
+            self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
         let req = self.prepare(req, &path, identity.as_ref(), peer)?;
-        self.upstream.send(req).await
+        let started = Instant::now();
+        let response = self.upstream.send(req).await;
+        self.metrics.upstream_latency.observe(started.elapsed());
+        response
     }
 
     async fn logout(

@@ -18,10 +18,12 @@
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
 //! [`control`] (the local admin channel the CLI uses while the server runs),
 //! [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
-//! blocking pool), [`cli`] (the `tokengate` commands).
+//! blocking pool), [`admin`] (health and [`metrics`] on their own listener),
+//! [`cli`] (the `tokengate` commands).
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod canonical;
 pub mod cli;
@@ -30,6 +32,7 @@ pub mod control;
 pub mod gateway;
 pub mod headers;
 pub mod login;
+pub mod metrics;
 pub mod password;
 pub mod pattern;
 pub mod policy;
@@ -56,6 +59,13 @@ pub enum RunError {
 /// How often expired tokens are swept from the store.
 const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The sockets a gateway serves on, bound by the caller.
+pub struct Listeners {
+    pub gateway: tokio::net::TcpListener,
+    /// For `[admin] listen`: health and metrics.
+    pub admin: Option<tokio::net::TcpListener>,
+}
+
 /// Runs the gateway on `listener` with `config` over `store` until `shutdown`
 /// resolves. The binary and the integration tests both start here.
 pub async fn run(
@@ -64,13 +74,44 @@ pub async fn run(
     store: store::Store,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let admin = control::bind(&config.store.path)?;
-    let admin = tokio::spawn(control::serve(admin, store.clone()));
+    let listeners = Listeners {
+        gateway: listener,
+        admin: None,
+    };
+    run_with(listeners, config, store, shutdown).await
+}
+
+/// `run` with every listener, including the admin one.
+pub async fn run_with(
+    listeners: Listeners,
+    config: Arc<config::Config>,
+    store: store::Store,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let control = control::bind(&config.store.path)?;
+    let control = tokio::spawn(control::serve(control, store.clone()));
     let purge = tokio::spawn(purge_expired(store.clone()));
-    let gateway = Arc::new(gateway::Gateway::new(config.clone(), store)?);
-    let served = server::serve(listener, gateway, &config.server, shutdown).await;
-    admin.abort();
+    let metrics = Arc::new(metrics::Metrics::new());
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin = listeners.admin.map(|listener| {
+        let admin = Arc::new(admin::Admin {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            draining: draining.clone(),
+        });
+        tokio::spawn(admin::serve(listener, admin))
+    });
+    let gateway = Arc::new(gateway::Gateway::new(config.clone(), store, metrics)?);
+    let shutdown = async {
+        shutdown.await;
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let served = server::serve(listeners.gateway, gateway, &config.server, shutdown).await;
+    control.abort();
     purge.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     let _ = std::fs::remove_file(control::socket_path(&config.store.path));
     served?;
     Ok(())

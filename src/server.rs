@@ -65,6 +65,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let open = gateway.metrics().connection();
         let peer = Peer {
             addr,
             proto: "http",
@@ -82,6 +83,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(client = %addr.ip(), error = %e, "connection ended with an error");
             }
+            drop(open);
             drop(permit);
         });
     }

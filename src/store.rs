@@ -217,6 +217,12 @@ impl Store {
         Ok(())
     }
 
+    /// A cheap read that fails when the store does: for readiness checks.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.users.first()?;
+        Ok(())
+    }
+
     pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
         match self.users.get(name.as_bytes())? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
