@@ -3,7 +3,7 @@
 //! Each phase returns a typed outcome; `Rejection::into_response` is the
 //! only place a failure becomes an HTTP answer.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,14 +13,15 @@ use hyper::body::Incoming;
 
 use crate::auth::{self, Credential};
 use crate::canonical::canonicalize;
-use crate::config::Config;
+use crate::config::{Config, IpNet};
 use crate::headers::{self, Forwarded};
 use crate::login::Login;
 use crate::metrics::{AuthOutcome, LoginOutcome, Metrics};
 use crate::password::Hasher;
 use crate::policy;
-use crate::response::{self, Body, Rejection};
+use crate::response::{self, Body, LoginRejection, Rejection};
 use crate::store::{Identity, Store};
+use crate::throttle::Throttle;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, built once from a validated config.
@@ -30,6 +31,7 @@ pub struct Gateway {
     hasher: Hasher,
     upstream: Upstream,
     metrics: Arc<Metrics>,
+    throttle: Throttle,
 }
 
 /// What the server knows about the connection a request came on.
@@ -54,6 +56,7 @@ impl Gateway {
         Ok(Self {
             hasher: Hasher::new(config.auth.argon2)?,
             upstream: Upstream::new(&config.upstream),
+            throttle: Throttle::new(config.throttle),
             config,
             store,
             metrics,
@@ -106,6 +109,8 @@ impl Gateway {
             let login = Login {
                 store: &self.store,
                 hasher: &self.hasher,
+                throttle: &self.throttle,
+                client: client_ip(peer, req.headers(), &self.config.server.trusted_proxies),
                 max_body: auth.max_login_body,
                 body_timeout: auth.login_body_timeout,
                 token_ttl: auth.token_ttl,
@@ -116,6 +121,7 @@ impl Gateway {
             self.metrics.login(match &result {
                 Ok(_) => LoginOutcome::Ok,
                 Err(Rejection::StoreUnavailable) => LoginOutcome::Error,
+                Err(Rejection::Login(LoginRejection::Limited(_))) => LoginOutcome::Limited,
                 Err(_) => LoginOutcome::Failed,
             });
             let (response, user) = result?;
@@ -244,6 +250,31 @@ impl Gateway {
     }
 }
 
+/// The client's address: the peer, unless the peer is a trusted proxy, in
+/// which case the nearest untrusted hop of `X-Forwarded-For`.
+pub fn client_ip(peer: Peer, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer.addr.ip()) {
+        return peer.addr.ip();
+    }
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    // Walk back from the nearest hop; the first untrusted one is the client.
+    for hop in values.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return ip,
+            // A garbled hop was written by whoever the proxies received from.
+            Err(_) => break,
+        }
+    }
+    peer.addr.ip()
+}
+
 /// All values of a header joined with ", ", as one chain.
 fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
     let values: Vec<&str> = headers
@@ -288,4 +319,83 @@ fn check_target<B>(req: &Request<B>) -> Result<String, Rejection> {
         tracing::debug!(reason = %e, "refused request path");
         Rejection::BadRequest("The request path is not allowed.")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(ip: &str) -> Peer {
+        Peer {
+            addr: SocketAddr::new(ip.parse().unwrap(), 1234),
+            proto: "http",
+        }
+    }
+
+    fn xff(values: &[&str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn client_ip_believes_forwarded_for_only_from_trusted_peers() {
+        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        let h = xff(&["203.0.113.9, 10.0.0.2"]);
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer("198.51.100.1"), &h, &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        let spoofed = xff(&["1.1.1.1", "203.0.113.9"]);
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &spoofed, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        let garbled = xff(&["nonsense"]);
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &garbled, &trusted),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &xff(&[]), &trusted),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn targets_that_could_be_read_two_ways_are_refused() {
+        let req = |method: &str, uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().method(method).uri(uri);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(
+            check_target(&req("GET", "/a/%62", &["gw"])).unwrap(),
+            "/a/b"
+        );
+        assert!(
+            check_target(&req("GET", "/a", &[])).is_err(),
+            "missing Host"
+        );
+        assert!(
+            check_target(&req("GET", "/a", &["gw", "gw"])).is_err(),
+            "duplicate Host"
+        );
+        assert!(check_target(&req("GET", "http://other/a", &["gw"])).is_err());
+        assert_eq!(
+            check_target(&req("GET", "http://gw/a", &["gw"])).unwrap(),
+            "/a"
+        );
+        assert!(check_target(&req("CONNECT", "gw:443", &["gw"])).is_err());
+        assert!(check_target(&req("TRACE", "/", &["gw"])).is_err());
+        assert!(check_target(&req("OPTIONS", "*", &["gw"])).is_err());
+    }
 }

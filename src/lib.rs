@@ -8,7 +8,7 @@
 //! - [`server`]: accepts connections, serves HTTP/1.1 and h2c, drains on shutdown
 //! - [`gateway`]: the pipeline — target check, login/logout, authenticate, authorize, forward, log
 //! - [`canonical`]: the one canonical form of a path that every decision uses
-//! - [`login`]: the login endpoint (the only body the gateway reads)
+//! - [`login`]: the login endpoint (the only body the gateway reads), rate-limited by [`throttle`]
 //! - [`auth`]: `Authorization` header → [`store::Identity`]
 //! - [`policy`]: public paths and `[[rules]]` roles, over [`pattern`]s
 //! - [`headers`]: pure header operations on forwarded requests and responses
@@ -39,6 +39,7 @@ pub mod policy;
 pub mod response;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod time;
 pub mod token;
 pub mod upstream;

@@ -2,7 +2,8 @@
 //! is the one thing the gateway reads whole, through a size limit and a
 //! deadline.
 
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -14,6 +15,7 @@ use percent_encoding::percent_decode;
 use crate::password::{Hasher, Password};
 use crate::response::{self, Body, LoginRejection, Rejection};
 use crate::store::{Store, StoreError};
+use crate::throttle::Throttle;
 
 /// The credentials a login body carried.
 #[derive(Debug)]
@@ -31,6 +33,9 @@ enum Format {
 pub struct Login<'a> {
     pub store: &'a Store,
     pub hasher: &'a Hasher,
+    pub throttle: &'a Throttle,
+    /// The client address failures are counted against.
+    pub client: IpAddr,
     pub max_body: u64,
     pub body_timeout: Duration,
     pub token_ttl: Option<Duration>,
@@ -48,6 +53,13 @@ impl Login<'_> {
         let body = read_body(req, self.max_body, self.body_timeout).await?;
         let form = parse(format, &body)?;
         let username = form.username.clone();
+        let client = self.client;
+
+        // Checked before any argon2 work, so a limited attacker costs nothing.
+        if let Err((which, wait)) = self.throttle.check(client, &username, Instant::now()) {
+            tracing::warn!(%client, user = %username, limited_by = ?which, retry_after_s = wait.as_secs(), "login limited");
+            return Err(LoginRejection::Limited(wait).into());
+        }
 
         let user = match self.store.user(&form.username) {
             Ok(user) => user,
@@ -67,10 +79,14 @@ impl Login<'_> {
         let user = match user {
             Some(user) if verified && !user.disabled => user,
             _ => {
-                tracing::info!(user = %username, "login failed");
+                tracing::info!(%client, user = %username, "login failed");
+                if let Some(ban) = self.throttle.fail(client, &username, Instant::now()) {
+                    tracing::warn!(%client, user = %username, ban_s = ban.as_secs(), "login ban started");
+                }
                 return Err(LoginRejection::BadCredentials.into());
             }
         };
+        self.throttle.succeed(&username);
 
         let store = self.store.clone();
         let ttl = self.token_ttl;
@@ -90,7 +106,7 @@ impl Login<'_> {
                 return Err(Rejection::StoreUnavailable);
             }
         };
-        tracing::info!(user = %username, "login succeeded");
+        tracing::info!(%client, user = %username, "login succeeded");
         let expires_at = record.expires_at.map(crate::time::rfc3339);
         let mut response = response::json(
             StatusCode::OK,

@@ -38,6 +38,8 @@ pub enum LoginRejection {
     TooLarge,
     UnsupportedMediaType,
     BodyTimeout,
+    /// Too many failures from this client or for this username; retry after this.
+    Limited(std::time::Duration),
 }
 
 impl From<LoginRejection> for Rejection {
@@ -85,6 +87,10 @@ impl Rejection {
                     "Unsupported media type; send application/json or application/x-www-form-urlencoded.",
                 ),
             ),
+            R::Login(L::Limited(_)) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                detail("Too many failed login attempts; try again later."),
+            ),
             R::Login(L::BodyTimeout) => (
                 StatusCode::REQUEST_TIMEOUT,
                 detail("Request body was not received in time."),
@@ -107,6 +113,10 @@ impl Rejection {
         match self {
             R::NotProvided | R::InvalidToken | R::Login(L::BadCredentials) => {
                 headers.insert(header::WWW_AUTHENTICATE, REALM);
+            }
+            R::Login(L::Limited(wait)) => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
             R::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -184,6 +194,10 @@ mod tests {
             (LoginRejection::UnsupportedMediaType.into(), 415),
             (LoginRejection::BadCredentials.into(), 401),
             (LoginRejection::BodyTimeout.into(), 408),
+            (
+                LoginRejection::Limited(std::time::Duration::from_millis(1500)).into(),
+                429,
+            ),
             (Rejection::UpstreamUnreachable, 502),
             (Rejection::UpstreamTimeout, 504),
             (Rejection::StoreUnavailable, 503),
@@ -195,5 +209,10 @@ mod tests {
         }
         let r = Rejection::MethodNotAllowed { allow: "POST" }.into_response();
         assert_eq!(r.headers()["allow"], "POST");
+        let r = Rejection::from(LoginRejection::Limited(std::time::Duration::from_millis(
+            1500,
+        )))
+        .into_response();
+        assert_eq!(r.headers()["retry-after"], "2", "rounded up, never 0");
     }
 }

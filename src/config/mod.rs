@@ -16,6 +16,7 @@ use toml::Spanned;
 
 use crate::canonical::canonicalize;
 use crate::pattern::PathPattern;
+use crate::throttle::ThrottleConfig;
 use raw::RawConfig;
 use units::{parse_duration, parse_size};
 
@@ -37,6 +38,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
+    pub throttle: ThrottleConfig,
     pub rules: Vec<Rule>,
 }
 
@@ -403,6 +405,7 @@ impl Validator<'_> {
                 .map(|listen| Some(AdminConfig { listen })),
         };
         let log = self.log(&raw);
+        let throttle = self.throttle(&raw);
         let rules = self.rules(&raw);
         Some(Config {
             source: path.to_path_buf(),
@@ -412,6 +415,7 @@ impl Validator<'_> {
             auth: auth?,
             admin: admin?,
             log: log?,
+            throttle: throttle?,
             rules: rules?,
         })
     }
@@ -647,6 +651,43 @@ impl Validator<'_> {
         Some(LogConfig {
             format: format?,
             level: level?,
+        })
+    }
+
+    fn throttle(&mut self, raw: &RawConfig) -> Option<ThrottleConfig> {
+        let r = &raw.throttle;
+        let max_failures = self.parse("throttle.max_failures", &r.max_failures, |n| {
+            if *n >= 1 {
+                Ok(*n)
+            } else {
+                Err("must be at least 1".into())
+            }
+        });
+        let window = self.parse("throttle.window", &r.window, |d| positive(d));
+        let ban = self.parse("throttle.ban", &r.ban, |d| positive(d));
+        let max_ban = self.parse("throttle.max_ban", &r.max_ban, |d| positive(d));
+        if let (Some(ban), Some(max)) = (ban, max_ban)
+            && max < ban
+        {
+            self.problem(
+                "throttle.max_ban",
+                &r.max_ban,
+                "must be at least throttle.ban".into(),
+            );
+        }
+        let max_tracked = self.parse("throttle.max_tracked", &r.max_tracked, |n| {
+            usize::try_from(*n)
+                .ok()
+                .filter(|n| (100..=10_000_000).contains(n))
+                .ok_or_else(|| "must be between 100 and 10000000".to_owned())
+        });
+        Some(ThrottleConfig {
+            enabled: *r.enabled.get_ref(),
+            max_failures: max_failures?,
+            window: window?,
+            ban: ban?,
+            max_ban: max_ban?,
+            max_tracked: max_tracked?,
         })
     }
 

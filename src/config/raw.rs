@@ -19,6 +19,7 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
     pub log: RawLog,
+    pub throttle: RawThrottle,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RawRule>,
 }
@@ -157,4 +158,30 @@ impl Default for RawLog {
 pub struct RawRule {
     pub path: Spanned<String>,
     pub roles: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawThrottle {
+    pub enabled: Spanned<bool>,
+    pub max_failures: Spanned<u32>,
+    pub window: Spanned<String>,
+    pub ban: Spanned<String>,
+    pub max_ban: Spanned<String>,
+    pub max_tracked: Spanned<u64>,
+}
+
+impl Default for RawThrottle {
+    fn default() -> Self {
+        // In the spirit of Authelia's regulation: a handful of failures
+        // within minutes earns minutes of ban.
+        Self {
+            enabled: Spanned::new(0..0, true),
+            max_failures: Spanned::new(0..0, 5),
+            window: s("5m"),
+            ban: s("5m"),
+            max_ban: s("1h"),
+            max_tracked: Spanned::new(0..0, 100_000),
+        }
+    }
 }
