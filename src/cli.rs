@@ -121,7 +121,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
                     source,
                 }
             })?;
-            Config::from_toml(&text, &path, env)?;
+            let config = Config::from_toml(&text, &path, env)?;
+            if let Some(files) = &config.server.tls {
+                crate::tls::acceptor(files)?;
+            }
             print!("{}", Config::effective_toml(&text, &path, env)?);
             eprintln!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)
@@ -201,10 +204,35 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             gateway: listener,
             admin,
         };
-        crate::run_with(listeners, config.clone(), store, shutdown_signal()).await?;
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(reload_on_sighup(config.source.clone(), reload_tx));
+        crate::run_with(listeners, config.clone(), store, Some(reloads), shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the config on each SIGHUP; a file that fails validation is
+/// logged with every problem and changes nothing.
+async fn reload_on_sighup(path: PathBuf, reloads: tokio::sync::mpsc::Sender<Config>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reloads are unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+        match Config::load(&path, |key| std::env::var(key).ok()) {
+            Ok(config) => {
+                if reloads.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the previous configuration stays in force")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -23,15 +23,50 @@ use crate::response::{self, Body, LoginRejection, Rejection};
 use crate::store::{Identity, Store};
 use crate::throttle::Throttle;
 use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
+use tokio_rustls::TlsAcceptor;
 
-/// Everything a request needs, built once from a validated config.
+/// Everything a request needs. The config-derived part is swapped whole on
+/// reload; a request keeps the `Settings` it started with.
 pub struct Gateway {
-    config: Arc<Config>,
+    settings: ArcSwap<Settings>,
     store: Store,
+    metrics: Arc<Metrics>,
+    /// Survives reloads, so a SIGHUP does not lift bans.
+    throttle: Throttle,
+}
+
+/// What one config produces: replaced at once by a reload.
+pub struct Settings {
+    pub config: Arc<Config>,
     hasher: Hasher,
     upstream: Upstream,
-    metrics: Arc<Metrics>,
-    throttle: Throttle,
+    /// `Some` when the gateway terminates TLS.
+    pub tls: Option<TlsAcceptor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Password(#[from] crate::password::PasswordError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+impl Settings {
+    pub fn new(config: Arc<Config>) -> Result<Self, SettingsError> {
+        Ok(Self {
+            hasher: Hasher::new(config.auth.argon2)?,
+            upstream: Upstream::new(&config.upstream),
+            tls: config
+                .server
+                .tls
+                .as_ref()
+                .map(crate::tls::acceptor)
+                .transpose()?,
+            config,
+        })
+    }
 }
 
 /// What the server knows about the connection a request came on.
@@ -52,15 +87,54 @@ impl Gateway {
         config: Arc<Config>,
         store: Store,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::password::PasswordError> {
+    ) -> Result<Self, SettingsError> {
         Ok(Self {
-            hasher: Hasher::new(config.auth.argon2)?,
-            upstream: Upstream::new(&config.upstream),
             throttle: Throttle::new(config.throttle),
-            config,
+            settings: ArcSwap::from_pointee(Settings::new(config)?),
             store,
             metrics,
         })
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Replaces the config-derived settings at once. On error nothing changes.
+    pub fn reload(&self, config: Config) -> Result<(), SettingsError> {
+        let old = self.settings.load();
+        for (what, changed) in [
+            (
+                "server.listen",
+                old.config.server.listen != config.server.listen,
+            ),
+            ("store.path", old.config.store.path != config.store.path),
+            (
+                "server.max_connections",
+                old.config.server.max_connections != config.server.max_connections,
+            ),
+            (
+                "admin.listen",
+                old.config.admin.as_ref().map(|a| a.listen)
+                    != config.admin.as_ref().map(|a| a.listen),
+            ),
+            (
+                "log",
+                old.config.log.format != config.log.format
+                    || old.config.log.level != config.log.level,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    key = what,
+                    "this setting changed but only takes effect after a restart"
+                );
+            }
+        }
+        let settings = Settings::new(Arc::new(config))?;
+        self.throttle.set_config(settings.config.throttle);
+        self.settings.store(Arc::new(settings));
+        Ok(())
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -103,14 +177,16 @@ impl Gateway {
     ) -> Result<Response<Body>, Rejection> {
         let path = check_target(&req)?;
         outcome.path = Some(path.clone());
-        let auth = &self.config.auth;
+        let settings = self.settings.load_full();
+        let s = &*settings;
+        let auth = &s.config.auth;
 
         if path == auth.login_path {
             let login = Login {
                 store: &self.store,
-                hasher: &self.hasher,
+                hasher: &s.hasher,
                 throttle: &self.throttle,
-                client: client_ip(peer, req.headers(), &self.config.server.trusted_proxies),
+                client: client_ip(peer, req.headers(), &s.config.server.trusted_proxies),
                 max_body: auth.max_login_body,
                 body_timeout: auth.login_body_timeout,
                 token_ttl: auth.token_ttl,
@@ -129,7 +205,7 @@ impl Gateway {
             return Ok(response);
         }
         if path == auth.logout_path {
-            return self.logout(&req, outcome).await;
+            return self.logout(s, &req, outcome).await;
         }
 
         let identity = if policy::is_public(&auth.public, &path) {
@@ -144,33 +220,34 @@ impl Gateway {
                     })
                 })?;
             outcome.user = Some(identity.username.clone());
-            policy::authorize(&self.config.rules, &path, &identity)
+            policy::authorize(&s.config.rules, &path, &identity)
                 .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        let req = self.prepare(req, &path, identity.as_ref(), peer)?;
+        let req = prepare(s, req, &path, identity.as_ref(), peer)?;
         let started = Instant::now();
-        let response = self.upstream.send(req).await;
+        let response = s.upstream.send(req).await;
         self.metrics.upstream_latency.observe(started.elapsed());
         response
     }
 
     async fn logout(
         &self,
+        s: &Settings,
         req: &Request<Incoming>,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
         if req.method() != Method::POST {
             return Err(Rejection::MethodNotAllowed { allow: "POST" });
         }
-        let token = match auth::credential(req.headers(), &self.config.auth.schemes) {
+        let token = match auth::credential(req.headers(), &s.config.auth.schemes) {
             Credential::Missing => return Err(Rejection::NotProvided),
             Credential::Malformed => return Err(Rejection::InvalidToken),
             Credential::Token(token) => token,
         };
         let digest = token.digest();
-        let identity = auth::authenticate(&self.store, req.headers(), &self.config.auth.schemes)?;
+        let identity = auth::authenticate(&self.store, req.headers(), &s.config.auth.schemes)?;
         outcome.user = Some(identity.username.clone());
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.revoke(&digest)).await {
@@ -188,66 +265,66 @@ impl Gateway {
             }
         }
     }
+}
 
-    /// Rewrites the request for the upstream: canonical path, no client
-    /// claims or hop-by-hop headers, then the gateway's own headers.
-    fn prepare(
-        &self,
-        req: Request<Incoming>,
-        path: &str,
-        identity: Option<&Identity>,
-        peer: Peer,
-    ) -> Result<Request<Incoming>, Rejection> {
-        let auth = &self.config.auth;
-        let (mut parts, body) = req.into_parts();
-        // HTTP/2 carries the host in :authority, which hyper puts in the URI.
-        let host = match parts.headers.get(header::HOST) {
-            Some(host) => Some(host.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
-        if let Some(host) = &host {
-            parts.headers.insert(header::HOST, host.clone());
-        }
-        parts.uri = self.upstream.uri_for(path, parts.uri.query())?;
-        let trusted_chain = if self
-            .config
-            .server
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(peer.addr.ip()))
-        {
-            joined(&parts.headers, "x-forwarded-for")
-        } else {
-            None
-        };
-        headers::remove_hop_by_hop(&mut parts.headers);
-        headers::remove_client_claims(
-            &mut parts.headers,
-            &auth.identity_header,
-            &auth.roles_header,
-        );
-        headers::set_forwarded(
-            &mut parts.headers,
-            &Forwarded {
-                client: peer.addr.ip(),
-                trusted_chain: trusted_chain.as_deref(),
-                proto: peer.proto,
-                host: host.as_ref(),
-            },
-        );
-        if let Some(identity) = identity {
-            let user =
-                HeaderValue::from_str(&identity.username).map_err(|_| Rejection::InvalidToken)?;
-            parts.headers.insert(auth.identity_header.clone(), user);
-            let roles = HeaderValue::from_str(&identity.roles.join(","))
-                .map_err(|_| Rejection::InvalidToken)?;
-            parts.headers.insert(auth.roles_header.clone(), roles);
-        }
-        Ok(Request::from_parts(parts, body))
+/// Rewrites the request for the upstream: canonical path, no client
+/// claims or hop-by-hop headers, then the gateway's own headers.
+fn prepare(
+    s: &Settings,
+    req: Request<Incoming>,
+    path: &str,
+    identity: Option<&Identity>,
+    peer: Peer,
+) -> Result<Request<Incoming>, Rejection> {
+    let auth = &s.config.auth;
+    let (mut parts, body) = req.into_parts();
+    // HTTP/2 carries the host in :authority, which hyper puts in the URI.
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    if let Some(host) = &host {
+        parts.headers.insert(header::HOST, host.clone());
     }
+    parts.uri = s.upstream.uri_for(path, parts.uri.query())?;
+    let trusted_chain = if s
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(peer.addr.ip()))
+    {
+        joined(&parts.headers, "x-forwarded-for")
+    } else {
+        None
+    };
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::remove_client_claims(
+        &mut parts.headers,
+        &auth.identity_header,
+        &auth.roles_header,
+    );
+    headers::set_forwarded(
+        &mut parts.headers,
+        &Forwarded {
+            client: peer.addr.ip(),
+            trusted_chain: trusted_chain.as_deref(),
+            proto: peer.proto,
+            host: host.as_ref(),
+        },
+    );
+    if let Some(identity) = identity {
+        let user =
+            HeaderValue::from_str(&identity.username).map_err(|_| Rejection::InvalidToken)?;
+        parts.headers.insert(auth.identity_header.clone(), user);
+        let roles = HeaderValue::from_str(&identity.roles.join(","))
+            .map_err(|_| Rejection::InvalidToken)?;
+        parts.headers.insert(auth.roles_header.clone(), roles);
+    }
+    Ok(Request::from_parts(parts, body))
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in

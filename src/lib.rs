@@ -41,6 +41,7 @@ pub mod server;
 pub mod store;
 pub mod throttle;
 pub mod time;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 
@@ -49,8 +50,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot set up password hashing: {0}")]
-    Hasher(#[from] password::PasswordError),
+    #[error(transparent)]
+    Settings(#[from] gateway::SettingsError),
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -67,6 +68,11 @@ pub struct Listeners {
     pub admin: Option<tokio::net::TcpListener>,
 }
 
+/// New configs to apply while running (SIGHUP in the binary). Each one is
+/// already validated; certificates are loaded when it is applied, and a
+/// config whose certificates fail is logged and ignored.
+pub type Reloads = tokio::sync::mpsc::Receiver<config::Config>;
+
 /// Runs the gateway on `listener` with `config` over `store` until `shutdown`
 /// resolves. The binary and the integration tests both start here.
 pub async fn run(
@@ -79,7 +85,7 @@ pub async fn run(
         gateway: listener,
         admin: None,
     };
-    run_with(listeners, config, store, shutdown).await
+    run_with(listeners, config, store, None, shutdown).await
 }
 
 /// `run` with every listener, including the admin one.
@@ -87,6 +93,7 @@ pub async fn run_with(
     listeners: Listeners,
     config: Arc<config::Config>,
     store: store::Store,
+    reloads: Option<Reloads>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let control = control::bind(&config.store.path)?;
@@ -107,7 +114,11 @@ pub async fn run_with(
         shutdown.await;
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
     };
-    let served = server::serve(listeners.gateway, gateway, &config.server, shutdown).await;
+    let reloader = reloads.map(|reloads| tokio::spawn(apply_reloads(reloads, gateway.clone())));
+    let served = server::serve(listeners.gateway, gateway, shutdown).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     control.abort();
     purge.abort();
     if let Some(admin) = admin {
@@ -116,6 +127,18 @@ pub async fn run_with(
     let _ = std::fs::remove_file(control::socket_path(&config.store.path));
     served?;
     Ok(())
+}
+
+async fn apply_reloads(mut reloads: Reloads, gateway: Arc<gateway::Gateway>) {
+    while let Some(config) = reloads.recv().await {
+        let source = config.source.display().to_string();
+        match gateway.reload(config) {
+            Ok(()) => tracing::info!(config = %source, "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(config = %source, error = %e, "reload refused; the previous configuration stays in force")
+            }
+        }
+    }
 }
 
 async fn purge_expired(store: store::Store) {

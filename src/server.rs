@@ -1,5 +1,6 @@
-//! Accepting connections and serving HTTP/1.1 and HTTP/2 (h2c prior
-//! knowledge) on them until shutdown, then draining what is in flight.
+//! Accepting connections and serving HTTP/1.1 and HTTP/2 on them — over TLS
+//! when configured (ALPN), else plain with h2c prior knowledge — until
+//! shutdown, then draining what is in flight.
 //!
 //! The entry point takes an already-bound listener and a shutdown future,
 //! so `main` owns sockets and signals and tests pass a port-0 listener.
@@ -18,14 +19,9 @@ use tokio::sync::Semaphore;
 use crate::config::ServerConfig;
 use crate::gateway::{Gateway, Peer};
 
-/// Serves until `shutdown` resolves, then waits up to `shutdown_timeout` for
-/// requests in flight and flushes the store.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    server: &ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+/// The protocol settings for one connection, from the config it was
+/// accepted under (so a reload applies to new connections).
+fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -33,16 +29,30 @@ pub async fn serve(
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(server.max_header_size)
         .max_headers(128);
+    // Limits that hold against rapid reset (CVE-2023-44487) and
+    // CONTINUATION floods: bounded streams, header list and pending resets.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(64)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    builder
+}
 
+/// Serves until `shutdown` resolves, then waits up to `shutdown_timeout` for
+/// requests in flight and flushes the store.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let initial = gateway.settings();
     // Permits are moved into each connection task and released on drop.
-    let permits = Arc::new(Semaphore::new(server.max_connections));
+    let permits = Arc::new(Semaphore::new(initial.config.server.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -66,22 +76,39 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let open = gateway.metrics().connection();
-        let peer = Peer {
-            addr,
-            proto: "http",
-        };
+        let settings = gateway.settings();
+        let builder = builder(&settings.config.server);
         let gateway = gateway.clone();
-        let service = service_fn(move |req| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client = %addr.ip(), error = %e, "connection ended with an error");
+            match &settings.tls {
+                None => {
+                    let peer = Peer {
+                        addr,
+                        proto: "http",
+                    };
+                    serve_connection(&builder, TokioIo::new(stream), gateway, peer, watcher).await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        settings.config.server.tls_handshake_timeout,
+                        acceptor.accept(stream),
+                    );
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            let peer = Peer {
+                                addr,
+                                proto: "https",
+                            };
+                            serve_connection(&builder, TokioIo::new(tls), gateway, peer, watcher)
+                                .await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %addr.ip(), error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(client = %addr.ip(), "TLS handshake timed out"),
+                    }
+                }
             }
             drop(open);
             drop(permit);
@@ -90,11 +117,15 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("shutting down: no new connections; draining requests in flight");
-    if tokio::time::timeout(server.shutdown_timeout, graceful.shutdown())
+    let timeout = gateway.settings().config.server.shutdown_timeout;
+    if tokio::time::timeout(timeout, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!(timeout = ?server.shutdown_timeout, "requests still in flight at the shutdown deadline; closing them");
+        tracing::warn!(
+            ?timeout,
+            "requests still in flight at the shutdown deadline; closing them"
+        );
     }
     if let Err(e) = gateway.store().flush() {
         tracing::error!(error = %e, "flushing the store at shutdown failed");
@@ -102,4 +133,23 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    gateway: Arc<Gateway>,
+    peer: Peer,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let gateway = gateway.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(client = %peer.addr.ip(), error = %e, "connection ended with an error");
+    }
 }

@@ -46,8 +46,13 @@ pub enum Limited {
 }
 
 pub struct Throttle {
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Swapped by reloads; the counts survive them.
     config: ThrottleConfig,
-    entries: Mutex<HashMap<Key, Entry>>,
+    entries: HashMap<Key, Entry>,
 }
 
 /// Usernames longer than any valid one still count, under a bounded key.
@@ -56,9 +61,20 @@ const MAX_KEY_USERNAME: usize = 160;
 impl Throttle {
     pub fn new(config: ThrottleConfig) -> Self {
         Self {
-            config,
-            entries: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                config,
+                entries: HashMap::new(),
+            }),
         }
+    }
+
+    pub fn set_config(&self, config: ThrottleConfig) {
+        self.lock().config = config;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent across a panic elsewhere; keep using it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn keys(client: IpAddr, username: &str) -> [Key; 2] {
@@ -80,10 +96,11 @@ impl Throttle {
         username: &str,
         now: Instant,
     ) -> Result<(), (Limited, Duration)> {
-        if !self.config.enabled {
+        let state = self.lock();
+        if !state.config.enabled {
             return Ok(());
         }
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = &state.entries;
         let mut longest: Option<(Limited, Duration)> = None;
         for key in Self::keys(client, username) {
             let Some(until) = entries.get(&key).and_then(|e| e.banned_until) else {
@@ -105,15 +122,16 @@ impl Throttle {
 
     /// Records a failed login; returns the ban it started, if any.
     pub fn fail(&self, client: IpAddr, username: &str, now: Instant) -> Option<Duration> {
-        if !self.config.enabled {
+        let mut state = self.lock();
+        if !state.config.enabled {
             return None;
         }
-        let c = self.config;
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let c = state.config;
+        let entries = &mut state.entries;
         let mut started = None;
         for key in Self::keys(client, username) {
             if !entries.contains_key(&key) && entries.len() >= c.max_tracked {
-                make_room(&mut entries, now, &c);
+                make_room(entries, now, &c);
             }
             let e = entries.entry(key).or_insert(Entry {
                 failures: 0,
@@ -145,16 +163,12 @@ impl Throttle {
     /// an attacker must not reset their address's count with an account of
     /// their own.
     pub fn succeed(&self, username: &str) {
-        if !self.config.enabled {
-            return;
-        }
         let [_, user] = Self::keys(IpAddr::from([0, 0, 0, 0]), username);
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.remove(&user);
+        self.lock().entries.remove(&user);
     }
 
     pub fn tracked(&self) -> usize {
-        self.entries.lock().map_or(0, |e| e.len())
+        self.lock().entries.len()
     }
 }
 

@@ -500,3 +500,49 @@ fn the_admin_socket_is_owner_only() {
     server.stop();
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_valid_config_and_ignores_a_broken_one() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "");
+    let server = Server::start(&env, &[]);
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert_eq!(get(server.addr, "/docs", None).await.status, 401);
+
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{good}\n[bogus]\nkey = 1\n")).unwrap();
+    hup(server.child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(server.addr, "/docs", None).await.status,
+        401,
+        "still serving the old config"
+    );
+
+    std::fs::write(
+        &env.config,
+        good.replace("[auth]\n", "[auth]\npublic = [\"/docs/**\"]\n"),
+    )
+    .unwrap();
+    hup(server.child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(server.addr, "/docs/a", None).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the valid config was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.stop();
+    assert!(log.contains("reload refused"), "{log}");
+    assert!(
+        log.contains("bogus"),
+        "the refusal names the bad key:\n{log}"
+    );
+    assert!(log.contains("configuration reloaded"), "{log}");
+}

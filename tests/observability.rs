@@ -38,6 +38,7 @@ async fn start_with_admin(upstream: std::net::SocketAddr, extra: &str) -> WithAd
         },
         config.clone(),
         store.clone(),
+        None,
         async {
             let _ = stopped.await;
         },

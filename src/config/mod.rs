@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
     pub shutdown_timeout: Duration,
+    /// Deadline for a TLS handshake to complete.
+    pub tls_handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -438,14 +440,6 @@ impl Validator<'_> {
                 None
             }
         };
-        if let Some(Some(_)) = tls {
-            // TLS termination lands with the serving issue; refuse rather than serve plain HTTP silently.
-            self.problem(
-                "server.tls_cert",
-                r.tls_cert.as_ref().unwrap_or(&r.listen),
-                "TLS termination is not available in this build; remove tls_cert/tls_key and terminate TLS in front of tokengate".into(),
-            );
-        }
         let mut proxies = Some(Vec::new());
         for p in &r.trusted_proxies {
             let net = self.parse("server.trusted_proxies", p, |p| IpNet::parse(p));
@@ -474,6 +468,11 @@ impl Validator<'_> {
         let shutdown_timeout = self.parse("server.shutdown_timeout", &r.shutdown_timeout, |d| {
             parse_duration(d)
         });
+        let tls_handshake_timeout = self.parse(
+            "server.tls_handshake_timeout",
+            &r.tls_handshake_timeout,
+            |d| positive(d),
+        );
         Some(ServerConfig {
             listen: listen?,
             tls: tls?,
@@ -482,6 +481,7 @@ impl Validator<'_> {
             header_read_timeout: header_read_timeout?,
             max_header_size: max_header_size?,
             shutdown_timeout: shutdown_timeout?,
+            tls_handshake_timeout: tls_handshake_timeout?,
         })
     }
 

@@ -37,6 +37,7 @@ pub struct RawServer {
     pub header_read_timeout: Spanned<String>,
     pub max_header_size: Spanned<String>,
     pub shutdown_timeout: Spanned<String>,
+    pub tls_handshake_timeout: Spanned<String>,
 }
 
 impl Default for RawServer {
@@ -50,6 +51,7 @@ impl Default for RawServer {
             header_read_timeout: s("10s"),
             max_header_size: s("64KiB"),
             shutdown_timeout: s("30s"),
+            tls_handshake_timeout: s("10s"),
         }
     }
 }

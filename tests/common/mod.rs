@@ -91,6 +91,13 @@ async fn echo(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> 
     if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
+    // `/delay/MS` anywhere in the path: answer after MS milliseconds.
+    if let Some(ms) = path
+        .split_once("/delay/")
+        .and_then(|(_, ms)| ms.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if let Some(n) = path.strip_prefix("/big/") {
         let total: u64 = n.parse().unwrap_or(0);
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
@@ -340,4 +347,52 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Gateway {
+    /// Starts a gateway on a full config text (with `{dir}` replaced by the
+    /// temp dir), for tests that need keys outside `config_text`'s layout.
+    /// Returns the reload sender too.
+    pub async fn start_text(
+        text: &str,
+        setup: impl FnOnce(&std::path::Path),
+    ) -> (Self, tokio::sync::mpsc::Sender<Config>) {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        let path: PathBuf = dir.path().join("tokengate.toml");
+        std::fs::write(
+            &path,
+            text.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        let config = Arc::new(Config::load(&path, |_| None).unwrap());
+        let store = Store::open(&config.store.path).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (reload, reloads) = tokio::sync::mpsc::channel(4);
+        let listeners = tokengate::Listeners {
+            gateway: listener,
+            admin: None,
+        };
+        let run = tokengate::run_with(
+            listeners,
+            config.clone(),
+            store.clone(),
+            Some(reloads),
+            async {
+                let _ = stopped.await;
+            },
+        );
+        let task = tokio::spawn(async move { run.await.expect("gateway failed") });
+        let gw = Self {
+            addr,
+            store,
+            config,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        (gw, reload)
+    }
 }

@@ -1,0 +1,293 @@
+//! Production serving: TLS termination with ALPN, HTTP/2, reloads.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokengate::config::Config;
+
+fn tls_config(upstream: std::net::SocketAddr) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\
+         [upstream]\nurl = \"http://{upstream}\"\n[auth]\n{FAST_ARGON2}\n"
+    )
+}
+
+/// Writes a fresh self-signed certificate for `localhost`; returns its DER.
+fn write_cert(dir: &std::path::Path) -> Vec<u8> {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), key.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.signing_key.serialize_pem()).unwrap();
+    key.cert.der().to_vec()
+}
+
+fn tls_client(root: &[u8], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.to_vec().into()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    root: &[u8],
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tls_client(root, alpn).connect(name, tcp).await.unwrap()
+}
+
+#[tokio::test]
+async fn tls_serves_http1_and_http2_by_alpn() {
+    let up = echo_upstream().await;
+    let mut der = Vec::new();
+    let (gw, _reload) =
+        Gateway::start_text(&tls_config(up.addr), |dir| der = write_cert(dir)).await;
+    gw.add_user("tia", "pw", &[]);
+
+    // HTTP/1.1 over TLS: the 401 path and a proxied request.
+    let tls = tls_connect(gw.addr, &der, &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = h1
+        .send_request(
+            Request::get("/x")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    r.into_body().collect().await.unwrap();
+    let login = Request::post("/login")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            r#"{"username":"tia","password":"pw"}"#,
+        )))
+        .unwrap();
+    let r = h1.send_request(login).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let token = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // HTTP/2 over TLS, negotiated by ALPN.
+    let tls = tls_connect(gw.addr, &der, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let r = h2
+        .send_request(
+            Request::get("https://localhost/items?a=1")
+                .header("authorization", format!("Token {token}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let seen: Seen = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen.uri, "/items?a=1");
+    assert_eq!(
+        seen.version, "HTTP/1.1",
+        "the upstream pool speaks HTTP/1.1"
+    );
+    assert_eq!(seen.header("x-auth-user"), Some("tia"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("host"), Some("localhost"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_on_a_tls_listener() {
+    let up = echo_upstream().await;
+    let (gw, _reload) = Gateway::start_text(&tls_config(up.addr), |dir| {
+        write_cert(dir);
+    })
+    .await;
+    let reply = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(!reply.contains("HTTP/1.1 200"), "{reply}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_on_plain_listeners() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, "").await;
+    gw.add_user("hugo", "pw", &[]);
+    let token = gw.login("hugo", "pw").await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let r = h2
+        .send_request(
+            Request::get(format!("http://{}/h2", gw.addr))
+                .header("authorization", format!("Token {token}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: Seen =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(seen.header("x-auth-user"), Some("hugo"));
+    gw.stop().await;
+}
+
+fn reload_config(upstream: std::net::SocketAddr, public: &str, timeout: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{upstream}\"\ntimeout = \"{timeout}\"\n\
+         [store]\npath = \"data\"\n[auth]\npublic = [\"{public}\"]\n{FAST_ARGON2}\n"
+    )
+}
+
+#[tokio::test]
+async fn reload_swaps_public_paths_without_disturbing_requests_in_flight() {
+    let up = echo_upstream().await;
+    let (gw, reload) = Gateway::start_text(&reload_config(up.addr, "/old/**", "60s"), |_| {}).await;
+    assert_eq!(get(gw.addr, "/old", None).await.status, 200);
+    assert_eq!(get(gw.addr, "/new", None).await.status, 401);
+
+    // A request admitted under the old config, still waiting on the upstream.
+    let addr = gw.addr;
+    let in_flight = tokio::spawn(async move { get(addr, "/old/delay/800", None).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let path = gw.dir.path().join("tokengate.toml");
+    std::fs::write(&path, reload_config(up.addr, "/new/**", "60s")).unwrap();
+    reload
+        .send(Config::load(&path, |_| None).unwrap())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while get(gw.addr, "/new", None).await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(gw.addr, "/old", None).await.status, 401);
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request ended before the reload"
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "the request in flight was disturbed: {}",
+        r.text()
+    );
+    assert_eq!(r.seen().uri, "/old/delay/800");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_with_broken_certificates_keeps_the_old_config() {
+    let up = echo_upstream().await;
+    let mut der = Vec::new();
+    let (gw, reload) = Gateway::start_text(&tls_config(up.addr), |dir| der = write_cert(dir)).await;
+    let bad = gw.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        tls_config(up.addr)
+            .replace("cert.pem", "missing.pem")
+            .replace("[auth]", "[auth]\npublic = [\"/**\"]"),
+    )
+    .unwrap();
+    reload
+        .send(Config::load(&bad, |_| None).unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Still TLS with the old certificate, and still no public paths.
+    let tls = tls_connect(gw.addr, &der, &[b"http/1.1"]).await;
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = h1
+        .send_request(
+            Request::get("/x")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn reload_picks_up_a_renewed_certificate() {
+    let up = echo_upstream().await;
+    let mut first = Vec::new();
+    let (gw, reload) =
+        Gateway::start_text(&tls_config(up.addr), |dir| first = write_cert(dir)).await;
+    let second = write_cert(gw.dir.path());
+    reload
+        .send(Config::load(&gw.dir.path().join("tokengate.toml"), |_| None).unwrap())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        if tls_client(&second, &[b"http/1.1"])
+            .connect(name, tcp)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    assert!(
+        tls_client(&first, &[b"http/1.1"])
+            .connect(name, tcp)
+            .await
+            .is_err()
+    );
+    gw.stop().await;
+}
