@@ -22,6 +22,7 @@ use crate::policy;
 use crate::response::{self, Body, LoginRejection, Rejection};
 use crate::store::{Identity, Store};
 use crate::throttle::Throttle;
+use crate::tunnel;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
@@ -80,6 +81,7 @@ pub struct Peer {
 struct Outcome {
     path: Option<String>,
     user: Option<String>,
+    upstream_us: Option<u64>,
 }
 
 impl Gateway {
@@ -151,6 +153,7 @@ impl Gateway {
         let mut outcome = Outcome {
             path: None,
             user: None,
+            upstream_us: None,
         };
         let response = match self.route(req, peer, &mut outcome).await {
             Ok(response) => response,
@@ -165,6 +168,9 @@ impl Gateway {
             user = outcome.user.as_deref().unwrap_or("-"),
             client = %peer.addr.ip(),
             latency_us = start.elapsed().as_micros() as u64,
+            upstream_us = outcome.upstream_us,
+            // Streamed bodies are not counted; this is what the response declared.
+            bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()),
         );
         response
     }
@@ -225,11 +231,26 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        let req = prepare(s, req, &path, identity.as_ref(), peer)?;
+        let mut req = req;
+        let upgrade =
+            tunnel::requested(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        let mut req = prepare(s, req, &path, identity.as_ref(), peer)?;
+        if let Some((protocol, _)) = &upgrade {
+            tunnel::restore_headers(req.headers_mut(), protocol.clone());
+        }
         let started = Instant::now();
         let response = s.upstream.send(req).await;
-        self.metrics.upstream_latency.observe(started.elapsed());
-        response
+        let elapsed = started.elapsed();
+        self.metrics.upstream_latency.observe(elapsed);
+        outcome.upstream_us = Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+        let mut response = response?;
+        if let Some((protocol, client)) = upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            tunnel::splice(client, &mut response);
+            tunnel::restore_headers(response.headers_mut(), protocol);
+        }
+        Ok(response)
     }
 
     async fn logout(

@@ -12,7 +12,7 @@
 //! - [`auth`]: `Authorization` header → [`store::Identity`]
 //! - [`policy`]: public paths and `[[rules]]` roles, over [`pattern`]s
 //! - [`headers`]: pure header operations on forwarded requests and responses
-//! - [`upstream`]: the pooled client, timeouts → 502/504
+//! - [`upstream`]: the pooled client, timeouts → 502/504; [`tunnel`] splices WebSocket upgrades
 //! - [`response`]: every rejection and the one function that renders it
 //!
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
@@ -43,6 +43,7 @@ pub mod throttle;
 pub mod time;
 pub mod tls;
 pub mod token;
+pub mod tunnel;
 pub mod upstream;
 
 use std::future::Future;

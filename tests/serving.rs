@@ -291,3 +291,74 @@ async fn reload_picks_up_a_renewed_certificate() {
     );
     gw.stop().await;
 }
+
+async fn upgrade(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    protocol: &str,
+) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Token {t}\r\n"));
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: gw\r\n{auth}Connection: Upgrade\r\nUpgrade: {protocol}\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (String::from_utf8_lossy(&head).into_owned(), s)
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_tunneled_for_authorized_requests_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, "").await;
+    gw.add_user("wes", "pw", &[]);
+    let token = gw.login("wes", "pw").await;
+
+    let (head, mut s) = upgrade(gw.addr, Some(&token), "websocket").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"hello wes\n", "the upstream saw the identity");
+    for msg in [&b"ping"[..], b"second frame", &[0u8, 255, 1, 2][..]] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+    drop(s);
+
+    let (head, _) = upgrade(gw.addr, None, "websocket").await;
+    assert!(
+        head.starts_with("HTTP/1.1 401"),
+        "unauthenticated upgrade: {head}"
+    );
+
+    // An h2c upgrade is not passed on: the upstream sees a plain request.
+    let (head, _) = upgrade(gw.addr, Some(&token), "h2c").await;
+    assert!(!head.starts_with("HTTP/1.1 101"), "{head}");
+    gw.stop().await;
+}

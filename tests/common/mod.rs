@@ -86,8 +86,41 @@ pub async fn echo_upstream() -> EchoUpstream {
     EchoUpstream { addr, _stop: stop }
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+async fn echo(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    // `/ws` with an Upgrade header: switch protocols, then echo raw bytes,
+    // first sending back the identity header it saw.
+    if path == "/ws" && req.headers().contains_key("upgrade") {
+        let user = req
+            .headers()
+            .get("x-auth-user")
+            .map(|v| v.to_str().unwrap_or("?").to_owned())
+            .unwrap_or_default();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let _ = io.write_all(format!("hello {user}\n").as_bytes()).await;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r = Response::new(BodyExt::boxed(
+            Full::new(Bytes::new()).map_err(|e| match e {}),
+        ));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        return Ok(r);
+    }
     if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
