@@ -49,6 +49,10 @@ enum Command {
     /// Manage API tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write a consistent snapshot of the store to FILE (server running or not)
+    Backup { file: PathBuf },
+    /// Load a snapshot into an empty store
+    Restore { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +148,26 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => {
             let config = Config::load(&path, env)?;
             token(&config, cmd)
+        }
+        Command::Backup { file } => {
+            let config = Config::load(&path, env)?;
+            let file = absolute(&file)?;
+            let reply = backend(&config)?.run(Op::Backup { path: file.clone() })?;
+            let Reply::Entries { count } = reply else {
+                bail!("unexpected reply from the server: {reply:?}");
+            };
+            eprintln!("{count} entries written to {}", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { file } => {
+            let config = Config::load(&path, env)?;
+            let file = absolute(&file)?;
+            let reply = backend(&config)?.run(Op::Restore { path: file.clone() })?;
+            let Reply::Entries { count } = reply else {
+                bail!("unexpected reply from the server: {reply:?}");
+            };
+            eprintln!("{count} entries restored from {}", file.display());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -290,6 +314,11 @@ fn healthcheck(config: &Config) -> anyhow::Result<ExitCode> {
         Some(code) => bail!("not healthy: {addr}{path} answered {code}"),
         None => bail!("not healthy: {addr} did not answer HTTP"),
     }
+}
+
+/// The server may run in another working directory: send it absolute paths.
+fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
 fn backend(config: &Config) -> anyhow::Result<Backend> {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::backup::{self, BackupError};
 use crate::store::{Store, StoreError, TokenInfo, User};
 
 pub const SOCKET_NAME: &str = "admin.sock";
@@ -64,6 +65,13 @@ pub enum Op {
     },
     TokenRevokeUser {
         name: String,
+    },
+    /// Absolute paths, resolved by the CLI.
+    Backup {
+        path: PathBuf,
+    },
+    Restore {
+        path: PathBuf,
     },
 }
 
@@ -132,14 +140,25 @@ pub enum Reply {
     Revoked {
         count: usize,
     },
+    Entries {
+        count: usize,
+    },
     Failed {
         message: String,
     },
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+}
+
 /// Runs `op` against `store`. Both the server and a CLI holding the store
 /// itself call this, so the two paths cannot drift apart.
-pub fn execute(store: &Store, op: Op) -> Result<Reply, StoreError> {
+pub fn execute(store: &Store, op: Op) -> Result<Reply, OpError> {
     Ok(match op {
         Op::UserAdd {
             name,
@@ -180,10 +199,10 @@ pub fn execute(store: &Store, op: Op) -> Result<Reply, StoreError> {
             label,
         } => {
             let Some(user) = store.user(&name)? else {
-                return Err(StoreError::UnknownUser(name));
+                return Err(StoreError::UnknownUser(name).into());
             };
             if user.disabled {
-                return Err(StoreError::Disabled(name));
+                return Err(StoreError::Disabled(name).into());
             }
             let (token, record) =
                 store.issue_token(&user, ttl_secs.map(Duration::from_secs), label)?;
@@ -206,6 +225,12 @@ pub fn execute(store: &Store, op: Op) -> Result<Reply, StoreError> {
         }
         Op::TokenRevokeUser { name } => Reply::Revoked {
             count: store.revoke_user_tokens(&name)?,
+        },
+        Op::Backup { path } => Reply::Entries {
+            count: backup::backup(store, &path)?,
+        },
+        Op::Restore { path } => Reply::Entries {
+            count: backup::restore(store, &path)?,
         },
     })
 }
@@ -331,6 +356,8 @@ fn op_summary(op: &Op) -> String {
         Op::TokenList { .. } => "token list".into(),
         Op::TokenRevoke { id } => format!("token revoke {id}"),
         Op::TokenRevokeUser { name } => format!("token revoke --user {name}"),
+        Op::Backup { path } => format!("backup {}", path.display()),
+        Op::Restore { path } => format!("restore {}", path.display()),
     }
 }
 
@@ -373,6 +400,8 @@ impl Backend {
 pub enum BackendError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Op(#[from] OpError),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error("{0}")]

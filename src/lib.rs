@@ -17,6 +17,7 @@
 //!
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
 //! [`control`] (the local admin channel the CLI uses while the server runs),
+//! [`backup`] (snapshots of the store),
 //! [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
 //! blocking pool), [`admin`] (health and [`metrics`] on their own listener),
 //! [`cli`] (the `tokengate` commands).
@@ -25,6 +26,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod canonical;
 pub mod cli;
 pub mod config;

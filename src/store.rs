@@ -13,6 +13,7 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,12 @@ pub enum StoreError {
     Disabled(String),
     #[error("no token with id `{0}`")]
     UnknownToken(String),
+    #[error(
+        "the store is not empty; restore only into a new store (point store.path at an empty directory)"
+    )]
+    NotEmpty,
+    #[error("the snapshot is not usable: {0}")]
+    BadSnapshot(String),
     #[error("the user's credentials changed while the token was being issued")]
     Stale,
     #[error("invalid username `{0}`: use 1 to 150 letters, digits and @ . + - _ (as Django does)")]
@@ -115,7 +122,13 @@ pub struct Store {
     users: sled::Tree,
     tokens: sled::Tree,
     user_tokens: sled::Tree,
+    /// Writes hold it shared; a backup holds it exclusively, so the
+    /// snapshot sees all three trees at one instant.
+    gate: Arc<RwLock<()>>,
 }
+
+/// The trees a backup carries, by name.
+pub const TREES: [&str; 3] = ["users", "tokens", "user_tokens"];
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -208,7 +221,77 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             user_tokens: db.open_tree("user_tokens")?,
             db,
+            gate: Arc::new(RwLock::new(())),
         })
+    }
+
+    fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        match name {
+            "users" => Some(&self.users),
+            "tokens" => Some(&self.tokens),
+            "user_tokens" => Some(&self.user_tokens),
+            _ => None,
+        }
+    }
+
+    /// Calls `f` with every entry of every tree, with writes held off so the
+    /// entries form one consistent snapshot.
+    pub fn snapshot(
+        &self,
+        mut f: impl FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
+        let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for name in TREES {
+            let Some(tree) = self.tree(name) else {
+                continue;
+            };
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                f(name, &k, &v)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.tokens.is_empty() && self.user_tokens.is_empty()
+    }
+
+    /// Loads `entries` (tree, key, value) into an empty store in one
+    /// transaction: all of them or none.
+    pub fn load(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let _gate = self.writing();
+        if !self.is_empty() {
+            return Err(StoreError::NotEmpty);
+        }
+        let mut batches: [sled::Batch; 3] = Default::default();
+        for (tree, k, v) in entries {
+            let i = TREES
+                .iter()
+                .position(|t| t == tree)
+                .ok_or_else(|| StoreError::BadSnapshot(format!("unknown tree `{tree}`")))?;
+            if tree == "users" {
+                serde_json::from_slice::<User>(v)?;
+            } else if tree == "tokens" {
+                serde_json::from_slice::<TokenRecord>(v)?;
+            }
+            batches[i].insert(k.as_slice(), v.as_slice());
+        }
+        unwrap_tx((&self.users, &self.tokens, &self.user_tokens).transaction(
+            |(users, tokens, user_tokens)| {
+                users.apply_batch(&batches[0])?;
+                tokens.apply_batch(&batches[1])?;
+                user_tokens.apply_batch(&batches[2])?;
+                Ok(())
+            },
+        ))?;
+        self.flush()
     }
 
     /// Makes every write so far durable. Called by each write before it returns.
@@ -244,6 +327,7 @@ impl Store {
         password_hash: String,
         roles: Vec<String>,
     ) -> Result<User, StoreError> {
+        let _gate = self.writing();
         validate_username(username)?;
         for role in &roles {
             validate_role(role)?;
@@ -273,6 +357,7 @@ impl Store {
         name: &str,
         change: impl Fn(&mut User),
     ) -> Result<(), StoreError> {
+        let _gate = self.writing();
         let epoch = random_u64()?;
         unwrap_tx(self.users.transaction(|users| {
             let Some(bytes) = users.get(name.as_bytes())? else {
@@ -310,6 +395,7 @@ impl Store {
     }
 
     pub fn remove_user(&self, name: &str) -> Result<(), StoreError> {
+        let _gate = self.writing();
         if self.users.remove(name.as_bytes())?.is_none() {
             return Err(StoreError::UnknownUser(name.to_owned()));
         }
@@ -353,6 +439,7 @@ impl Store {
             last_used_at: None,
         };
         let bytes = serde_json::to_vec(&record)?;
+        let _gate = self.writing();
         let name = user.username.as_str();
         unwrap_tx((&self.users, &self.tokens, &self.user_tokens).transaction(
             |(users, tokens, user_tokens)| {
@@ -400,6 +487,7 @@ impl Store {
             // losing this bookkeeping write to a race is harmless. It is not
             // an acknowledged change, so it rides sled's background flush.
             let updated = serde_json::to_vec(&record)?;
+            let _gate = self.writing();
             let _ = self
                 .tokens
                 .compare_and_swap(digest.0, Some(bytes), Some(updated))?;
@@ -411,6 +499,7 @@ impl Store {
     }
 
     pub fn revoke(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
+        let _gate = self.writing();
         let Some(bytes) = self.tokens.remove(digest.0)? else {
             return Ok(false);
         };
@@ -441,6 +530,7 @@ impl Store {
     /// Deletes expired tokens; returns how many. They are already refused
     /// at check time, this only reclaims space.
     pub fn purge_expired(&self) -> Result<usize, StoreError> {
+        let _gate = self.writing();
         let now = now();
         let mut purged = 0;
         for entry in self.tokens.iter() {

@@ -546,3 +546,85 @@ async fn sighup_applies_a_valid_config_and_ignores_a_broken_one() {
     );
     assert!(log.contains("configuration reloaded"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_while_running_and_restore_into_an_empty_store() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "");
+    let server = Server::start(&env, &[]);
+    assert!(
+        env.with_stdin(
+            &["user", "add", "gus", "--role", "ops", "--password-stdin"],
+            "pw\n"
+        )
+        .status
+        .success()
+    );
+    let token = last_line(&env.ok(&["token", "issue", "gus", "--label", "ci"])).to_owned();
+    let revoked = last_line(&env.ok(&["token", "issue", "gus"])).to_owned();
+    let id = env
+        .json(&["token", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"].is_null())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.ok(&["token", "revoke", &id]);
+    // A relative path is the CLI's, not the server's working directory.
+    let out = env.cmd(&["backup", "snap.jsonl"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap = env.dir.path().join("snap.jsonl");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&snap).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&snap).unwrap();
+    assert!(
+        !text.contains(&token) && !text.contains("pw\""),
+        "no secret in the backup"
+    );
+    server.stop();
+
+    // Restoring over a non-empty store is refused.
+    let refused = env.run(&["restore", snap.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"));
+
+    // A new, empty store gets everything back, with the server running.
+    let fresh = Env::new(up.addr, "");
+    let server = Server::start(&fresh, &[]);
+    let out = fresh.run(&["restore", snap.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users = fresh.json(&["user", "list", "--json"]);
+    assert_eq!(users[0]["username"], "gus");
+    assert_eq!(users[0]["roles"], serde_json::json!(["ops"]));
+    let r = get(server.addr, "/x", Some(&token)).await;
+    assert_eq!(r.seen().header("x-auth-roles"), Some("ops"));
+    assert_eq!(get(server.addr, "/x", Some(&revoked)).await.status, 401);
+    assert_eq!(login(server.addr, "gus", "pw").await.status, 200);
+    server.stop();
+
+    // And with the server stopped.
+    let offline = Env::new(up.addr, "");
+    offline.ok(&["restore", snap.to_str().unwrap()]);
+    assert_eq!(
+        offline
+            .json(&["token", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

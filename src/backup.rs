@@ -1,0 +1,250 @@
+//! `tokengate backup` / `restore`: a consistent snapshot of the store as a
+//! JSON-lines file. The first line names the format, every entry is one line
+//! (keys hex, values as stored), the last line counts the entries so a
+//! truncated file is refused rather than half-restored. The file holds
+//! password hashes and token digests (no usable token): it is written 0600.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+
+const FORMAT: &str = "tokengate-backup";
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    created_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    tree: String,
+    key: String,
+    value: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Footer {
+    entries: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a tokengate backup ({why})")]
+    Invalid { path: PathBuf, why: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes a snapshot of `store` to `path` (through a temporary file, fsynced,
+/// then renamed, so `path` is never half-written). Returns the entry count.
+pub fn backup(store: &Store, path: &Path) -> Result<usize, BackupError> {
+    let write_err = |source| BackupError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp-backup");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(write_err)?;
+    let mut out = BufWriter::new(file);
+    let header = Header {
+        format: FORMAT.into(),
+        version: VERSION,
+        created_at: crate::store::now(),
+    };
+    line(&mut out, &header).map_err(write_err)?;
+    let mut io_failure = None;
+    let count = store.snapshot(|tree, key, value| {
+        let entry = Entry {
+            tree: tree.into(),
+            key: hex(key),
+            // Values are JSON text; a non-UTF-8 one would be corruption.
+            value: String::from_utf8(value.to_vec()).map_err(|_| {
+                StoreError::BadSnapshot(format!("a value in `{tree}` is not UTF-8"))
+            })?,
+        };
+        if let Err(e) = line(&mut out, &entry) {
+            io_failure.get_or_insert(e);
+        }
+        Ok(())
+    })?;
+    if let Some(e) = io_failure {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_err(e));
+    }
+    line(&mut out, &Footer { entries: count }).map_err(write_err)?;
+    let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    std::fs::rename(&tmp, path).map_err(write_err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(count)
+}
+
+/// Loads the snapshot at `path` into `store`, which must be empty. The whole
+/// file is checked before anything is written.
+pub fn restore(store: &Store, path: &Path) -> Result<usize, BackupError> {
+    let invalid = |why: String| BackupError::Invalid {
+        path: path.to_path_buf(),
+        why,
+    };
+    let file = File::open(path).map_err(|source| BackupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut lines = BufReader::new(file).lines();
+    let mut next = || -> Result<Option<String>, BackupError> {
+        lines
+            .next()
+            .transpose()
+            .map_err(|source| BackupError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+    };
+    let header: Header = next()?
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .ok_or_else(|| invalid("no header line".into()))?;
+    if header.format != FORMAT || header.version != VERSION {
+        return Err(invalid(format!(
+            "format {} version {}",
+            header.format, header.version
+        )));
+    }
+    let mut entries = Vec::new();
+    let mut footer = None;
+    while let Some(l) = next()? {
+        if footer.is_some() {
+            return Err(invalid("data after the final line".into()));
+        }
+        if let Ok(entry) = serde_json::from_str::<Entry>(&l) {
+            let key = unhex(&entry.key).ok_or_else(|| invalid("a key is not hex".into()))?;
+            entries.push((entry.tree, key, entry.value.into_bytes()));
+        } else if let Ok(f) = serde_json::from_str::<Footer>(&l) {
+            footer = Some(f);
+        } else {
+            return Err(invalid(format!("unreadable line {}", entries.len() + 2)));
+        }
+    }
+    match footer {
+        Some(f) if f.entries == entries.len() => {}
+        Some(f) => {
+            return Err(invalid(format!(
+                "it announces {} entries but holds {}",
+                f.entries,
+                entries.len()
+            )));
+        }
+        None => return Err(invalid("it is truncated (no final line)".into())),
+    }
+    store.load(&entries)?;
+    Ok(entries.len())
+}
+
+fn line<T: Serialize>(out: &mut impl Write, value: &T) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_users_and_live_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        let user = a
+            .add_user("ann", "hash".into(), vec!["admin".into()])
+            .unwrap();
+        let (live, _) = a.issue_token(&user, None, Some("laptop".into())).unwrap();
+        let (dead, _) = a.issue_token(&user, None, None).unwrap();
+        a.revoke(&dead.digest()).unwrap();
+        let file = dir.path().join("snap.jsonl");
+        assert_eq!(backup(&a, &file).unwrap(), 3);
+
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        assert_eq!(restore(&b, &file).unwrap(), 3);
+        let who = b.authenticate(&live.digest()).unwrap().unwrap();
+        assert_eq!(who.username, "ann");
+        assert_eq!(b.authenticate(&dead.digest()).unwrap(), None);
+        assert_eq!(
+            b.tokens(Some("ann")).unwrap()[0].record.label.as_deref(),
+            Some("laptop")
+        );
+        // Revoking all of a user's tokens still works on the restored index.
+        b.revoke_user_tokens("ann").unwrap();
+        assert_eq!(b.authenticate(&live.digest()).unwrap(), None);
+
+        assert!(matches!(
+            restore(&a, &file),
+            Err(BackupError::Store(StoreError::NotEmpty))
+        ));
+    }
+
+    #[test]
+    fn truncated_or_foreign_files_are_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        a.add_user("ann", "hash".into(), vec![]).unwrap();
+        let file = dir.path().join("snap.jsonl");
+        backup(&a, &file).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let truncated = dir.path().join("cut.jsonl");
+        std::fs::write(
+            &truncated,
+            text.lines().take(2).collect::<Vec<_>>().join("\n"),
+        )
+        .unwrap();
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        assert!(matches!(
+            restore(&b, &truncated),
+            Err(BackupError::Invalid { .. })
+        ));
+        std::fs::write(&truncated, "hello\n").unwrap();
+        assert!(matches!(
+            restore(&b, &truncated),
+            Err(BackupError::Invalid { .. })
+        ));
+        assert!(b.is_empty(), "nothing was written");
+    }
+}
