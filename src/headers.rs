@@ -86,6 +86,7 @@ pub fn remove_client_claims(headers: &mut HeaderMap, identity: &HeaderName, role
                 || same_header(n, roles.as_str())
                 || FORWARDING.iter().any(|f| same_header(n, f))
                 || METHOD_OVERRIDES.iter().any(|m| same_header(n, m))
+                || is_framing_lookalike(n)
                 || same_header(n, "authorization")
         })
         .cloned()
@@ -93,6 +94,13 @@ pub fn remove_client_claims(headers: &mut HeaderMap, identity: &HeaderName, role
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// `Transfer_Encoding` or `content_length`: not framing to us, but framing
+/// to an upstream that folds `_` into `-` — a request smuggling vector.
+fn is_framing_lookalike(name: &str) -> bool {
+    (name != "content-length" && same_header(name, "content-length"))
+        || (name != "transfer-encoding" && same_header(name, "transfer-encoding"))
 }
 
 /// The facts the forwarding headers are built from.
@@ -176,6 +184,8 @@ mod tests {
             ("x-http-method-override", "DELETE"),
             ("authorization", "Token tg_x"),
             ("x-auth-username", "kept"),
+            ("transfer_encoding", "chunked"),
+            ("content_length", "5"),
         ]);
         remove_client_claims(&mut h, &identity, &roles);
         assert_eq!(h.len(), 1, "{h:?}");

@@ -2,10 +2,13 @@
 //! failures into 502 or 504. Bodies pass through untouched in both
 //! directions; nothing here buffers.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -14,8 +17,37 @@ use crate::config::UpstreamConfig;
 use crate::headers;
 use crate::response::{Body, Rejection};
 
+/// A client's request body on its way upstream: data streams through
+/// untouched, trailers are dropped. Trailers could carry a second copy of
+/// the identity headers past the checks that cleaned the header section.
+pub struct Outbound(Incoming);
+
+impl hyper::body::Body for Outbound {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.0).poll_frame(cx) {
+            // Trailers are the last frame: ending here loses nothing else.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.size_hint()
+    }
+}
+
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Outbound>,
     config: UpstreamConfig,
 }
 
@@ -61,6 +93,7 @@ impl Upstream {
     pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
         // The pool speaks HTTP/1.1 upstream whatever the client spoke to us.
         *req.version_mut() = Version::HTTP_11;
+        let req = req.map(Outbound);
         let response = match tokio::time::timeout(self.config.timeout, self.client.request(req))
             .await
         {

@@ -35,6 +35,9 @@ pub struct Seen {
     pub version: String,
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
+    /// Request trailers, if the body carried any.
+    #[serde(default)]
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -169,14 +172,26 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallib
         .collect();
     let mut body = req.into_body();
     let mut body_len = 0u64;
+    let mut trailers: Vec<(String, String)> = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(f) => {
+                body_len += f.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(t) = f.trailers_ref() {
+                    trailers.extend(t.iter().map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    }));
+                }
+            }
             Err(_) => break,
         }
     }
     let json = serde_json::json!({
         "method": method, "uri": uri, "version": version, "headers": headers, "body_len": body_len,
+        "trailers": trailers,
     });
     let mut r = Response::new(BodyExt::boxed(
         Full::new(Bytes::from(json.to_string())).map_err(|e| match e {}),

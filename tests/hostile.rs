@@ -1,0 +1,308 @@
+//! Hostile clients over raw TCP, where a client library would normalise:
+//! request smuggling, identity in trailers, framing look-alikes, slow and
+//! numerous connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that records the target of every request it receives.
+async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        log.lock().unwrap().push(req.uri().to_string());
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn smuggling_attempts_are_refused_and_never_reach_the_upstream() {
+    let (up, seen) = recording_upstream().await;
+    let gw = Gateway::start(up, "public = [\"/**\"]").await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "CL.TE",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "TE.CL",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "differing Content-Length",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc{smuggled}"
+            ),
+        ),
+        (
+            "TE chunked, identity",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "TE identity",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\nContent-Length: 3\r\n\r\nabc{smuggled}"
+            ),
+        ),
+        (
+            "obs-fold",
+            format!("GET /a HTTP/1.1\r\nHost: x\r\nX-Foo: a\r\n b\r\n\r\n{smuggled}"),
+        ),
+        (
+            "space before colon",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc{smuggled}"
+            ),
+        ),
+    ];
+    for (name, request) in cases {
+        seen.lock().unwrap().clear();
+        let reply = raw(gw.addr, request.as_bytes(), Duration::from_millis(700)).await;
+        let got = seen.lock().unwrap().clone();
+        assert!(
+            !got.iter().any(|u| u.contains("smuggled")),
+            "{name}: the upstream saw a second request: {got:?}\nreply: {reply}"
+        );
+        assert!(
+            reply.is_empty() || reply.starts_with("HTTP/1.1 400") || got.len() <= 1,
+            "{name}: {reply}"
+        );
+        // Whatever happened, a single-request answer at most.
+        assert!(
+            reply.matches("HTTP/1.1 ").count() <= 1,
+            "{name}: two answers: {reply}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn underscore_framing_lookalikes_are_not_forwarded() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, "public = [\"/**\"]").await;
+    let reply = raw(
+        gw.addr,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer_Encoding: chunked\r\nContent_Length: 99\r\nContent-Length: 3\r\n\r\nabc",
+        Duration::from_secs(2),
+    )
+    .await;
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let seen: Seen = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    assert_eq!(seen.body_len, 3);
+    assert!(
+        !seen.has_header_like("transfer-encoding"),
+        "{:?}",
+        seen.headers
+    );
+    assert!(
+        seen.headers.iter().all(|(k, _)| k != "content_length"),
+        "{:?}",
+        seen.headers
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn identity_headers_hidden_in_trailers_never_arrive() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, "").await;
+    gw.add_user("tim", "pw", &[]);
+    let token = gw.login("tim", "pw").await;
+    let request = format!(
+        "POST /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Token {token}\r\n\
+         Transfer-Encoding: chunked\r\nTrailer: X-Auth-User\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-Auth-User: root\r\nX-Auth-Roles: admin\r\n\r\n"
+    );
+    let reply = raw(gw.addr, request.as_bytes(), Duration::from_secs(2)).await;
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    // The echo's JSON may be chunked on the way back; find the object.
+    let start = body.find('{').unwrap_or_else(|| panic!("{reply}"));
+    let end = body.rfind('}').unwrap();
+    let seen: Seen = serde_json::from_str(&body[start..=end]).unwrap();
+    assert_eq!(seen.header("x-auth-user"), Some("tim"));
+    assert_eq!(seen.body_len, 5);
+    assert!(
+        seen.trailers.is_empty(),
+        "trailers reached the upstream: {:?}",
+        seen.trailers
+    );
+    assert!(seen.header("trailer").is_none());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn five_hundred_slowloris_connections_do_not_block_an_authenticated_client() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start_with(&format!("http://{}", up.addr), "").await;
+    gw.add_user("sam", "pw", &[]);
+    let token = gw.login("sam", "pw").await;
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(10), get(gw.addr, "/ok", Some(&token)))
+            .await
+            .expect("the authenticated client got no answer");
+        assert_eq!(r.status, 200);
+    }
+    // One more byte on each keeps them open only until the header deadline.
+    for s in &mut slow {
+        let _ = s.write_all(b"a").await;
+    }
+    drop(slow);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn header_read_deadline_closes_a_connection_that_never_finishes_its_headers() {
+    let up = echo_upstream().await;
+    let text = config_text(&format!("http://{}", up.addr), "").replacen(
+        "[server]\n",
+        "[server]\nheader_read_timeout = \"500ms\"\n",
+        1,
+    );
+    let (gw, _reload) = Gateway::start_text(&text, |_| {}).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept a header-less connection open"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_shed_and_the_rest_keep_working() {
+    let up = echo_upstream().await;
+    let text = config_text(&format!("http://{}", up.addr), "public = [\"/**\"]").replacen(
+        "[server]\n",
+        "[server]\nmax_connections = 10\n",
+        1,
+    );
+    let (gw, _reload) = Gateway::start_text(&text, |_| {}).await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = extra.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut buf)).await;
+    assert!(
+        buf.is_empty(),
+        "the 11th connection was served: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    held.truncate(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+        if buf.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "freed slots were never reused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_login_body_that_never_arrives_gets_408() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, "login_body_timeout = \"500ms\"").await;
+    let reply = raw(
+        gw.addr,
+        b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn method_override_headers_are_not_forwarded() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, "public = [\"/**\"]").await;
+    let r = send(
+        gw.addr,
+        Request::get("/x")
+            .header("X-HTTP-Method-Override", "DELETE")
+            .header("X-HTTP-Method", "DELETE")
+            .header("x_method_override", "DELETE")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    let seen = r.seen();
+    assert_eq!(seen.method, "GET");
+    for h in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        assert!(!seen.has_header_like(h), "{h} forwarded");
+    }
+    gw.stop().await;
+}
