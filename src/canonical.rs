@@ -68,8 +68,9 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::Semicolon),
             0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
-            0x80..=0xff => push_escape(&mut out, b),
-            _ => out.push(b as char),
+            _ if is_path_char(b) => out.push(b as char),
+            // Non-ASCII, spaces, quotes and the like: one escaped spelling.
+            _ => push_escape(&mut out, b),
         }
         i += 1;
     }
@@ -93,6 +94,11 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// RFC 3986 `pchar` and `/`, less `;` (refused above) and `%` (escapes).
+fn is_path_char(b: u8) -> bool {
+    is_unreserved(b) || b"/!$&'()*+,=:@".contains(&b)
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -132,6 +138,8 @@ mod tests {
         assert_eq!(canonicalize("/caf%c3%a9").as_deref(), Ok("/caf%C3%A9"));
         assert_eq!(canonicalize("/a%20b").as_deref(), Ok("/a%20b"));
         assert_eq!(canonicalize("/a%3bb").as_deref(), Ok("/a%3Bb"));
+        assert_eq!(canonicalize("/a b\"c\"").as_deref(), Ok("/a%20b%22c%22"));
+        assert_eq!(canonicalize("/é").as_deref(), Ok("/%C3%A9"));
     }
 
     #[test]

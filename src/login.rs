@@ -24,8 +24,9 @@ pub struct LoginForm {
     pub password: Password,
 }
 
+/// The two body encodings a login accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub enum Format {
     Form,
     Json,
 }
@@ -160,7 +161,8 @@ async fn read_body(
     }
 }
 
-fn parse(format: Format, body: &[u8]) -> Result<LoginForm, LoginRejection> {
+/// Parses a login body; public for the fuzz target.
+pub fn parse(format: Format, body: &[u8]) -> Result<LoginForm, LoginRejection> {
     let (username, password) = match format {
         Format::Form => parse_form(body)?,
         Format::Json => parse_json(body)?,
