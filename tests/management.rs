@@ -109,8 +109,17 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 writeln!(file, "{line}").unwrap();
-                if !sent && let Some(rest) = line.split("listen=").nth(1) {
-                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                // Text logs say `listen=ADDR`, JSON logs `"listen":"ADDR"`.
+                let found = line
+                    .split("listen=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .or_else(|| {
+                        line.split("\"listen\":\"")
+                            .nth(1)
+                            .and_then(|r| r.split('"').next())
+                    });
+                if !sent && let Some(addr) = found.and_then(|a| a.parse::<SocketAddr>().ok()) {
                     tx.send(addr).unwrap();
                     sent = true;
                 }
@@ -627,4 +636,37 @@ async fn backup_while_running_and_restore_into_an_empty_store() {
             .len(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line_with_access_fields() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "\n[log]\nformat = \"json\"\n");
+    let server = Server::start(&env, &[]);
+    assert!(
+        env.with_stdin(&["user", "add", "jay", "--password-stdin"], "pw\n")
+            .status
+            .success()
+    );
+    let token = login(server.addr, "jay", "pw").await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(server.addr, "/j?x=1", Some(&token)).await.status, 200);
+    let log = server.stop();
+    let mut access = None;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["target"] == "tokengate::access" && v["path"] == "/j" {
+            access = Some(v);
+        }
+    }
+    let access = access.expect("no access line for /j");
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["user"], "jay");
+    assert!(access["latency_us"].is_u64());
+    assert!(access["upstream_us"].is_u64());
+    assert!(!log.contains(&token));
 }
