@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod password;
 pub mod pattern;
 pub mod policy;
+pub mod resolve;
 pub mod response;
 pub mod server;
 pub mod store;

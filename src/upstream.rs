@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
 use crate::headers;
+use crate::resolve::Resolver;
 use crate::response::{Body, Rejection};
 
 /// A client's request body on its way upstream: data streams through
@@ -47,13 +48,15 @@ impl hyper::body::Body for Outbound {
 }
 
 pub struct Upstream {
-    client: Client<HttpConnector, Outbound>,
+    client: Client<HttpConnector<Resolver>, Outbound>,
     config: UpstreamConfig,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
+        // Resolved in-process: getaddrinfo finds no service names in a static binary.
+        let resolver = Resolver::system(config.connect_timeout);
+        let mut connector = HttpConnector::new_with_resolver(resolver);
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
