@@ -444,3 +444,122 @@ impl Gateway {
         (gw, reload)
     }
 }
+
+/// An echo upstream that also records `"METHOD uri"` for every request it
+/// receives, so a test can prove a request never reached it.
+pub async fn recording_echo_upstream() -> (EchoUpstream, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(r) => r, Err(_) => continue },
+                _ = &mut stopped => return,
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{} {}", req.method(), req.uri()));
+                    echo(req)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (EchoUpstream { addr, _stop: stop }, seen)
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// The status code of a raw HTTP/1.x response (0 when there is none).
+pub fn raw_status(reply: &str) -> u16 {
+    reply
+        .split_whitespace()
+        .nth(1)
+        .filter(|_| reply.starts_with("HTTP/1."))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The head (status line and headers) of a raw HTTP/1.x response.
+pub fn raw_head(reply: &str) -> &str {
+    reply.split_once("\r\n\r\n").map_or(reply, |(h, _)| h)
+}
+
+/// The body of a raw HTTP/1.x response framed by Content-Length (the
+/// gateway's own answers and the echo upstream's are).
+pub fn raw_body(reply: &str) -> &str {
+    reply.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// The value of header `name` in a raw response head, if present once or more (first).
+pub fn raw_header<'a>(reply: &'a str, name: &str) -> Option<&'a str> {
+    raw_head(reply).lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+impl Gateway {
+    /// Starts a gateway on `config_text(upstream_url, extra)` with `edit`
+    /// applied to the text first (for keys in `[server]` or `[upstream]`,
+    /// e.g. `trusted_proxies` or a longer upstream timeout).
+    pub async fn start_edited(
+        upstream_url: &str,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        let text = edit(config_text(upstream_url, extra));
+        Self::start_text(&text, |_| {}).await.0
+    }
+}
+
+/// Like `raw`, but returns as soon as one whole response has arrived (head
+/// plus a Content-Length body), so keep-alive connections do not cost `wait`.
+pub async fn raw_once(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let complete = |out: &[u8]| {
+        let text = String::from_utf8_lossy(out);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let len = head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())
+                .flatten()
+        });
+        len.is_some_and(|len| body.len() >= len)
+    };
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+            if complete(&out) {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}

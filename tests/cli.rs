@@ -1,0 +1,767 @@
+//! The `tokengate` binary: user and token management, where the config
+//! comes from, and `check`. Each test runs the real binary in a fresh
+//! temporary directory with a scrubbed environment.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokengate::store::Store;
+use tokengate::token::Token;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+/// A temporary working directory with a config at `etc/gate.toml` (so the
+/// working directory itself has no `tokengate.toml`), store in `etc/data`.
+struct Cli {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Cli {
+    fn new() -> Self {
+        Self::with_upstream("http://127.0.0.1:9")
+    }
+
+    fn with_upstream(url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        let config = dir.path().join("etc").join("gate.toml");
+        std::fs::write(&config, config_text(url, "")).unwrap();
+        Self { dir, config }
+    }
+
+    fn store_path(&self) -> PathBuf {
+        self.dir.path().join("etc").join("data")
+    }
+
+    /// The binary with nothing but PATH in its environment, in the temp dir.
+    fn bare(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// `args` then `-c CONFIG`.
+    fn run(&self, args: &[&str]) -> Output {
+        self.bare()
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut cmd = self.bare();
+        cmd.args(args).arg("-c").arg(&self.config);
+        feed(cmd, input)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?} failed: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
+    }
+
+    fn add_user(&self, name: &str, password: &str, roles: &[&str]) {
+        let mut args = vec!["user", "add", name, "--password-stdin"];
+        for r in roles {
+            args.push("--role");
+            args.push(r);
+        }
+        let out = self.run_with_stdin(&args, &format!("{password}\n"));
+        assert!(out.status.success(), "user add {name}: {}", stderr(&out));
+    }
+
+    fn issue(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "issue"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        last_line(&out).to_owned()
+    }
+
+    /// The config text a gateway over this store would use, with an
+    /// absolute store path (for `Gateway::start_text`).
+    fn gateway_config(&self, upstream: std::net::SocketAddr) -> String {
+        config_text(&format!("http://{upstream}"), "").replace(
+            "path = \"data\"",
+            &format!("path = {:?}", self.store_path().display().to_string()),
+        )
+    }
+}
+
+fn feed(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or("")
+}
+
+fn users_by_name(
+    list: &serde_json::Value,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|u| (u["username"].as_str().unwrap().to_owned(), u.clone()))
+        .collect()
+}
+
+/// Waits until a server's admin socket answers.
+fn wait_for_socket(store: &Path) {
+    let socket = store.join("admin.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "admin socket never answered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_add_reads_stdin_and_list_json_shows_users() {
+    let cli = Cli::new();
+    cli.add_user("alice", "s3cret pw", &["admin", "ops"]);
+    cli.add_user("bob", "pw-bob", &[]);
+    cli.ok(&["user", "disable", "bob"]);
+
+    let list = cli.json(&["user", "list", "--json"]);
+    let users = users_by_name(&list);
+    assert_eq!(users.len(), 2, "{list}");
+    assert_eq!(users["alice"]["roles"], serde_json::json!(["admin", "ops"]));
+    assert_eq!(users["alice"]["disabled"], false);
+    assert_eq!(users["bob"]["roles"], serde_json::json!([]));
+    assert_eq!(users["bob"]["disabled"], true);
+    let text = serde_json::to_string(&list).unwrap();
+    assert!(
+        !text.contains("s3cret") && !text.contains("argon2"),
+        "user list shows a password or its hash: {text}"
+    );
+    // The plain listing names both too.
+    let plain = cli.ok(&["user", "list"]);
+    assert!(plain.contains("alice") && plain.contains("bob"), "{plain}");
+
+    // The password is the line without its newline.
+    let up = echo_upstream().await;
+    let (gw, _reload) = Gateway::start_text(&cli.gateway_config(up.addr), |_| {}).await;
+    let login = |pw: &'static str| {
+        let addr = gw.addr;
+        async move {
+            send(
+                addr,
+                http::Request::post("/login")
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({"username": "alice", "password": pw}).to_string())
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let r = login("s3cret pw").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(login("s3cret pw\n").await.status, 401);
+    let seen = get(gw.addr, "/x", Some(&token)).await.seen();
+    assert_eq!(seen.header("x-auth-roles"), Some("admin,ops"));
+    gw.stop().await;
+}
+
+#[test]
+fn adding_an_existing_user_fails_clearly_and_changes_nothing() {
+    let cli = Cli::new();
+    cli.add_user("alice", "first", &["ops"]);
+    let out = cli.run_with_stdin(
+        &[
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "second\n",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("alice") && err.contains("exists"),
+        "unclear message: {err}"
+    );
+    let users = users_by_name(&cli.json(&["user", "list", "--json"]));
+    assert_eq!(users.len(), 1);
+    assert_eq!(users["alice"]["roles"], serde_json::json!(["ops"]));
+}
+
+#[test]
+fn an_empty_password_is_refused() {
+    let cli = Cli::new();
+    for input in ["\n", "", "\r\n"] {
+        let out = cli.run_with_stdin(&["user", "add", "erin", "--password-stdin"], input);
+        assert!(!out.status.success(), "{input:?} was accepted");
+        let err = stderr(&out).to_ascii_lowercase();
+        assert!(
+            err.contains("empty"),
+            "unclear message for {input:?}: {err}"
+        );
+    }
+    assert_eq!(cli.json(&["user", "list", "--json"]), serde_json::json!([]));
+    // The same for a password change.
+    cli.add_user("erin", "pw", &[]);
+    let out = cli.run_with_stdin(&["user", "passwd", "erin", "--password-stdin"], "\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).to_ascii_lowercase().contains("empty"));
+}
+
+#[test]
+fn without_a_terminal_or_password_stdin_the_command_fails_clearly() {
+    let cli = Cli::new();
+    // stdin is /dev/null: no terminal.
+    let out = cli.run(&["user", "add", "frank"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--password-stdin"), "{err}");
+    assert_eq!(cli.json(&["user", "list", "--json"]), serde_json::json!([]));
+
+    cli.add_user("frank", "pw", &[]);
+    let out = cli.run(&["user", "passwd", "frank"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--password-stdin"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn commands_on_unknown_users_fail_naming_the_user() {
+    let cli = Cli::new();
+    cli.add_user("real", "pw", &[]);
+    for args in [
+        vec!["user", "remove", "ghost"],
+        vec!["user", "disable", "ghost"],
+        vec!["user", "enable", "ghost"],
+        vec!["token", "issue", "ghost"],
+        vec!["token", "revoke", "--user", "ghost"],
+    ] {
+        let out = cli.run(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains("ghost"), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("tg_"));
+    }
+    let out = cli.run_with_stdin(&["user", "passwd", "ghost", "--password-stdin"], "pw\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("ghost"), "{}", stderr(&out));
+    assert_eq!(
+        cli.json(&["token", "list", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_issue_prints_the_token_alone_on_the_last_line_and_it_works() {
+    let cli = Cli::new();
+    cli.add_user("ci", "pw", &["deploy"]);
+    let out = cli.run(&["token", "issue", "ci", "--label", "pipeline", "--ttl", "1h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = last_line(&stdout);
+    assert!(token.starts_with("tg_"), "last line: {token:?}");
+    assert_eq!(token.trim(), token, "the last line is the token alone");
+    assert!(!token.contains(' '));
+    assert!(Token::parse(token).is_some(), "not a valid token: {token}");
+    assert!(stdout.ends_with('\n'));
+
+    // Without a login, through a gateway over that store.
+    let up = echo_upstream().await;
+    let (gw, _reload) = Gateway::start_text(&cli.gateway_config(up.addr), |_| {}).await;
+    let seen = get(gw.addr, "/deploy", Some(token)).await.seen();
+    assert_eq!(seen.header("x-auth-user"), Some("ci"));
+    assert_eq!(seen.header("x-auth-roles"), Some("deploy"));
+    gw.stop().await;
+}
+
+#[test]
+fn token_list_json_has_the_fields_and_never_the_secret() {
+    let cli = Cli::new();
+    cli.add_user("alice", "pw", &[]);
+    cli.add_user("bob", "pw", &[]);
+    let labelled = cli.issue(&["alice", "--label", "laptop", "--ttl", "2h"]);
+    let forever = cli.issue(&["alice", "--ttl", "0s"]);
+    let bobs = cli.issue(&["bob"]);
+
+    let out = cli.run(&["token", "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in [&labelled, &forever, &bobs] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "token list --json printed a secret"
+        );
+        // Nor any recognisable piece of it.
+        assert!(
+            !text.contains(&secret[3..20]),
+            "token list --json printed part of a secret"
+        );
+    }
+    assert!(!text.contains("tg_"), "{text}");
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3, "{text}");
+    for t in list {
+        for key in ["id", "user", "label", "created_at", "expires_at"] {
+            assert!(t.get(key).is_some(), "{key} missing in {t}");
+        }
+        assert!(!t["id"].as_str().unwrap().is_empty());
+        humantime::parse_rfc3339_weak(t["created_at"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("created_at not RFC 3339 ({e}): {t}"));
+    }
+    let alice: Vec<_> = list.iter().filter(|t| t["user"] == "alice").collect();
+    assert_eq!(alice.len(), 2);
+    let laptop = alice
+        .iter()
+        .find(|t| t["label"] == "laptop")
+        .expect("label kept");
+    let created = humantime::parse_rfc3339_weak(laptop["created_at"].as_str().unwrap()).unwrap();
+    let expires = humantime::parse_rfc3339_weak(laptop["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        expires.duration_since(created).unwrap(),
+        Duration::from_secs(7200)
+    );
+    let other = alice.iter().find(|t| t["label"] != "laptop").unwrap();
+    assert!(other["label"].is_null(), "{other}");
+    assert!(
+        other["expires_at"].is_null(),
+        "--ttl 0s never expires: {other}"
+    );
+    let ids: std::collections::HashSet<_> =
+        list.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "ids are not distinct");
+
+    // --user filters; the plain listing has no secrets either.
+    let only_bob = cli.json(&["token", "list", "--user", "bob", "--json"]);
+    assert_eq!(only_bob.as_array().unwrap().len(), 1);
+    assert_eq!(only_bob[0]["user"], "bob");
+    let plain = cli.ok(&["token", "list"]);
+    assert!(!plain.contains("tg_"), "{plain}");
+    assert!(plain.contains("laptop") && plain.contains("bob"), "{plain}");
+}
+
+#[test]
+fn token_revoke_by_id_or_by_user() {
+    let cli = Cli::new();
+    cli.add_user("alice", "pw", &[]);
+    cli.add_user("bob", "pw", &[]);
+    let a1 = cli.issue(&["alice", "--label", "one"]);
+    let a2 = cli.issue(&["alice", "--label", "two"]);
+    let b1 = cli.issue(&["bob"]);
+    let list = cli.json(&["token", "list", "--json"]);
+    let id_of = |label: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["label"] == label)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let one = id_of("one");
+    let out = cli.run(&["token", "revoke", &one]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = cli.json(&["token", "list", "--json"]);
+    assert_eq!(left.as_array().unwrap().len(), 2);
+    assert!(
+        !left
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == one.as_str())
+    );
+    // Revoking it again, or an id that never was, fails.
+    assert!(!cli.run(&["token", "revoke", &one]).status.success());
+    assert!(
+        !cli.run(&["token", "revoke", "0000000000000000"])
+            .status
+            .success()
+    );
+    {
+        let store = Store::open(&cli.store_path()).unwrap();
+        let live = |t: &str| {
+            store
+                .authenticate(&Token::parse(t).unwrap().digest())
+                .unwrap()
+        };
+        assert!(live(&a1).is_none(), "the revoked token still works");
+        assert!(live(&a2).is_some());
+        assert!(live(&b1).is_some());
+    }
+
+    let out = cli.run(&["token", "revoke", "--user", "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = cli.json(&["token", "list", "--json"]);
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_eq!(left[0]["user"], "bob");
+    let store = Store::open(&cli.store_path()).unwrap();
+    let live = |t: &str| {
+        store
+            .authenticate(&Token::parse(t).unwrap().digest())
+            .unwrap()
+    };
+    assert!(live(&a2).is_none());
+    assert!(live(&b1).is_some());
+}
+
+#[test]
+fn the_config_flag_works_before_and_after_the_subcommand() {
+    let cli = Cli::new();
+    let config = cli.config.display().to_string();
+    let out = feed(
+        {
+            let mut c = cli.bare();
+            c.args(["-c", &config, "user", "add", "alice", "--password-stdin"]);
+            c
+        },
+        "pw\n",
+    );
+    assert!(out.status.success(), "-c first: {}", stderr(&out));
+    for args in [
+        vec!["-c", &config, "user", "list", "--json"],
+        vec!["user", "-c", &config, "list", "--json"],
+        vec!["user", "list", "--json", "-c", &config],
+        vec!["--config", &config, "user", "list", "--json"],
+        vec!["user", "list", "--json", "--config", &config],
+    ] {
+        let out = cli.bare().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let users = users_by_name(&serde_json::from_slice(&out.stdout).unwrap());
+        assert!(users.contains_key("alice"), "{args:?}");
+    }
+    for args in [vec!["-c", &config, "check"], vec!["check", "-c", &config]] {
+        let out = cli.bare().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    // No flag, no variable, no tokengate.toml here: a clear failure.
+    let out = cli.bare().args(["user", "list"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("tokengate.toml"), "{}", stderr(&out));
+}
+
+#[test]
+fn tokengate_config_names_the_file_when_there_is_no_flag() {
+    let cli = Cli::new();
+    cli.add_user("alice", "pw", &[]);
+    let out = cli
+        .bare()
+        .env("TOKENGATE_CONFIG", &cli.config)
+        .args(["user", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(users_by_name(&serde_json::from_slice(&out.stdout).unwrap()).contains_key("alice"));
+    let out = cli
+        .bare()
+        .env("TOKENGATE_CONFIG", &cli.config)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The flag wins over the variable.
+    let out = cli
+        .bare()
+        .env("TOKENGATE_CONFIG", cli.dir.path().join("missing.toml"))
+        .args(["user", "list", "--json", "-c"])
+        .arg(&cli.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // And a variable naming a missing file fails, naming it.
+    let out = cli
+        .bare()
+        .env("TOKENGATE_CONFIG", cli.dir.path().join("missing.toml"))
+        .args(["user", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+}
+
+#[test]
+fn tokengate_toml_in_the_working_directory_is_the_default() {
+    let cli = Cli::new();
+    std::fs::write(
+        cli.dir.path().join("tokengate.toml"),
+        config_text("http://127.0.0.1:9", ""),
+    )
+    .unwrap();
+    let out = feed(
+        {
+            let mut c = cli.bare();
+            c.args(["user", "add", "wd", "--password-stdin"]);
+            c
+        },
+        "pw\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Its store is `data` beside that file, not the one beside etc/gate.toml.
+    assert!(cli.dir.path().join("data").is_dir());
+    assert!(!cli.store_path().exists());
+    let out = cli
+        .bare()
+        .args(["user", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(users_by_name(&serde_json::from_slice(&out.stdout).unwrap()).contains_key("wd"));
+    assert_eq!(cli.json(&["user", "list", "--json"]), serde_json::json!([]));
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_config_files_folder() {
+    let cli = Cli::new();
+    // Run from a different directory, naming the config by a relative path.
+    let out = feed(
+        {
+            let mut c = cli.bare();
+            c.args([
+                "user",
+                "add",
+                "rel",
+                "--password-stdin",
+                "-c",
+                "etc/gate.toml",
+            ]);
+            c
+        },
+        "pw\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        cli.store_path().is_dir(),
+        "store not beside the config file"
+    );
+    assert!(
+        !cli.dir.path().join("data").exists(),
+        "store relative to the working directory"
+    );
+}
+
+#[test]
+fn check_prints_the_effective_config() {
+    let cli = Cli::with_upstream("http://10.1.2.3:8000");
+    let out = cli.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let effective: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("check output is not TOML ({e}):\n{text}"));
+    // What the file says...
+    assert_eq!(
+        effective["upstream"]["url"].as_str(),
+        Some("http://10.1.2.3:8000")
+    );
+    assert_eq!(effective["upstream"]["timeout"].as_str(), Some("2s"));
+    assert_eq!(effective["server"]["shutdown_timeout"].as_str(), Some("5s"));
+    assert_eq!(effective["auth"]["argon2_iterations"].as_integer(), Some(1));
+    // ...and the defaults it leaves out.
+    assert_eq!(effective["auth"]["token_ttl"].as_str(), Some("30d"));
+    assert_eq!(effective["auth"]["login_path"].as_str(), Some("/login"));
+    assert_eq!(effective["auth"]["logout_path"].as_str(), Some("/logout"));
+    assert_eq!(
+        effective["auth"]["identity_header"].as_str(),
+        Some("X-Auth-User")
+    );
+    assert_eq!(effective["auth"]["max_login_body"].as_str(), Some("16KiB"));
+    let schemes: Vec<_> = effective["auth"]["schemes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(schemes, ["Token", "Bearer"]);
+    // The printed config is itself a valid config.
+    let again = cli.dir.path().join("etc").join("effective.toml");
+    std::fs::write(&again, &text).unwrap();
+    let out = cli
+        .bare()
+        .arg("check")
+        .arg("-c")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // An environment override shows in the effective config.
+    let out = cli
+        .bare()
+        .env("TOKENGATE_UPSTREAM_URL", "http://10.9.9.9:1")
+        .arg("check")
+        .arg("-c")
+        .arg(&cli.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let effective: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(
+        effective["upstream"]["url"].as_str(),
+        Some("http://10.9.9.9:1")
+    );
+}
+
+/// Writes `text` as the config and asserts `check` fails naming the file,
+/// `line` and `key`.
+fn assert_check_names(cli: &Cli, text: &str, line: usize, key: &str) -> String {
+    std::fs::write(&cli.config, text).unwrap();
+    let out = cli.run(&["check"]);
+    assert!(!out.status.success(), "check accepted:\n{text}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&cli.config.display().to_string()) || err.contains("gate.toml"),
+        "the file is not named: {err}"
+    );
+    assert!(
+        err.contains(&format!(":{line}")) || err.contains(&format!("line {line}")),
+        "line {line} is not named: {err}"
+    );
+    assert!(err.contains(key), "key `{key}` is not named: {err}");
+    err
+}
+
+#[test]
+fn check_on_a_bad_file_names_the_file_line_and_key() {
+    let cli = Cli::new();
+    let base = "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[auth]\n";
+    // Line numbers below count from 1 in `base` + the addition.
+    assert_check_names(
+        &cli,
+        "[server]\nlisten = \"127.0.0.1:0\"\ncolour = \"red\"\n",
+        3,
+        "colour",
+    );
+    assert_check_names(&cli, &format!("{base}tokn_ttl = \"1h\"\n"), 8, "tokn_ttl");
+    assert_check_names(&cli, &format!("{base}\n[extras]\nx = 1\n"), 9, "extras");
+    assert_check_names(
+        &cli,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\ntimeout = 5\n",
+        4,
+        "timeout",
+    );
+    assert_check_names(&cli, "[server]\n\nlisten = \"nowhere\"\n", 3, "listen");
+    assert_check_names(
+        &cli,
+        &format!("{base}token_ttl = \"forever\"\n"),
+        8,
+        "token_ttl",
+    );
+    assert_check_names(
+        &cli,
+        &format!("{base}public = [\"docs/**\"]\n"),
+        8,
+        "public",
+    );
+    assert_check_names(
+        &cli,
+        &format!("{base}max_login_body = \"lots\"\n"),
+        8,
+        "max_login_body",
+    );
+    assert_check_names(&cli, "[upstream]\nurl = \"ftp://example.com\"\n", 2, "url");
+    assert_check_names(
+        &cli,
+        "[[rules]]\npath = \"/admin/**\"\nroles = \"admin\"\n",
+        3,
+        "roles",
+    );
+    // Several problems are reported at once.
+    let err = assert_check_names(
+        &cli,
+        &format!("{base}token_ttl = \"forever\"\nmax_login_body = \"lots\"\n"),
+        8,
+        "token_ttl",
+    );
+    assert!(
+        err.contains("max_login_body") && err.contains(":9"),
+        "{err}"
+    );
+
+    // Other commands refuse a bad config the same way.
+    std::fs::write(
+        &cli.config,
+        "[server]\nlisten = \"127.0.0.1:0\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let out = cli.run(&["user", "list"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("colour"), "{}", stderr(&out));
+
+    // A missing file is named.
+    let out = cli
+        .bare()
+        .args(["check", "-c", "nope/absent.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("absent.toml"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_and_token_commands_go_through_a_running_server() {
+    let up = echo_upstream().await;
+    let cli = Cli::with_upstream(&format!("http://{}", up.addr));
+    let (gw, _reload) = Gateway::start_text(&cli.gateway_config(up.addr), |_| {}).await;
+    let store = cli.store_path();
+    tokio::task::spawn_blocking(move || wait_for_socket(&store))
+        .await
+        .unwrap();
+
+    let cli = std::sync::Arc::new(cli);
+    let c = cli.clone();
+    let token = tokio::task::spawn_blocking(move || {
+        c.add_user("live", "pw", &["ops"]);
+        c.issue(&["live", "--label", "hot"])
+    })
+    .await
+    .unwrap();
+    let seen = get(gw.addr, "/x", Some(&token)).await.seen();
+    assert_eq!(seen.header("x-auth-user"), Some("live"));
+
+    let c = cli.clone();
+    let list = tokio::task::spawn_blocking(move || c.json(&["token", "list", "--json"]))
+        .await
+        .unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let c = cli.clone();
+    let out = tokio::task::spawn_blocking(move || c.run(&["token", "revoke", &id]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Revoked before the command returned.
+    let r = get(gw.addr, "/x", Some(&token)).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    gw.stop().await;
+}
