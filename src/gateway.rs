@@ -52,13 +52,15 @@ pub enum SettingsError {
     Password(#[from] crate::password::PasswordError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 impl Settings {
     pub fn new(config: Arc<Config>) -> Result<Self, SettingsError> {
         Ok(Self {
             hasher: Hasher::new(config.auth.argon2)?,
-            upstream: Upstream::new(&config.upstream),
+            upstream: Upstream::new(&config.upstream)?,
             tls: config
                 .server
                 .tls
@@ -307,9 +309,6 @@ fn prepare(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    if let Some(host) = &host {
-        parts.headers.insert(header::HOST, host.clone());
-    }
     parts.uri = s.upstream.uri_for(path, parts.uri.query())?;
     let trusted_chain = if s
         .config
@@ -328,6 +327,10 @@ fn prepare(
         &auth.identity_header,
         &auth.roles_header,
     );
+    // After hop-by-hop removal, so `Connection: Host` cannot drop it.
+    if let Some(host) = &host {
+        parts.headers.insert(header::HOST, host.clone());
+    }
     headers::set_forwarded(
         &mut parts.headers,
         &Forwarded {
@@ -390,28 +393,35 @@ fn check_target<B>(req: &Request<B>) -> Result<String, Rejection> {
             allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
         });
     }
-    if req.version() < Version::HTTP_2 {
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        let host = hosts.next();
-        if hosts.next().is_some() {
-            return Err(Rejection::BadRequest("More than one Host header."));
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Rejection::BadRequest("More than one Host header."));
+    }
+    // In HTTP/1 an authority in the target is absolute-form; in HTTP/2 it is
+    // :authority. Either way a Host header must not name something else
+    // (RFC 9112 §3.2.2, RFC 9113 §8.3.1), and an HTTP/1 target naming a
+    // host needs a Host header to compare with.
+    match (req.uri().authority(), host) {
+        (Some(authority), Some(host))
+            if !authority
+                .as_str()
+                .eq_ignore_ascii_case(host.to_str().unwrap_or("")) =>
+        {
+            return Err(Rejection::BadRequest(
+                "The request target names another host.",
+            ));
         }
-        match (host, req.version()) {
-            (None, Version::HTTP_11) => return Err(Rejection::BadRequest("Missing Host header.")),
-            (Some(host), _) => {
-                // Absolute-form is only accepted when it names the same host as the Host header.
-                if let Some(authority) = req.uri().authority()
-                    && !authority
-                        .as_str()
-                        .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
-                {
-                    return Err(Rejection::BadRequest(
-                        "The request target names another host.",
-                    ));
-                }
-            }
-            (None, _) => {}
+        (Some(_), None) if req.version() < Version::HTTP_2 => {
+            return Err(Rejection::BadRequest("Missing Host header."));
         }
+        (None, None) if req.version() == Version::HTTP_11 => {
+            return Err(Rejection::BadRequest("Missing Host header."));
+        }
+        (None, None) if req.version() >= Version::HTTP_2 => {
+            return Err(Rejection::BadRequest("Missing :authority."));
+        }
+        _ => {}
     }
     canonicalize(req.uri().path()).map_err(|e| {
         tracing::debug!(reason = %e, "refused request path");
@@ -495,5 +505,26 @@ mod tests {
         assert!(check_target(&req("CONNECT", "gw:443", &["gw"])).is_err());
         assert!(check_target(&req("TRACE", "/", &["gw"])).is_err());
         assert!(check_target(&req("OPTIONS", "*", &["gw"])).is_err());
+        let http10 = |uri: &str, hosts: &[&str]| {
+            let mut r = req("GET", uri, hosts);
+            *r.version_mut() = Version::HTTP_10;
+            r
+        };
+        assert_eq!(check_target(&http10("/a", &[])).unwrap(), "/a");
+        assert!(
+            check_target(&http10("http://evil/a", &[])).is_err(),
+            "absolute-form without Host"
+        );
+        let h2 = |uri: &str, hosts: &[&str]| {
+            let mut r = req("GET", uri, hosts);
+            *r.version_mut() = Version::HTTP_2;
+            r
+        };
+        assert_eq!(check_target(&h2("https://gw/a", &[])).unwrap(), "/a");
+        assert_eq!(check_target(&h2("https://gw/a", &["gw"])).unwrap(), "/a");
+        assert!(
+            check_target(&h2("https://gw/a", &["evil"])).is_err(),
+            "Host contradicting :authority"
+        );
     }
 }

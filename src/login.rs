@@ -225,21 +225,54 @@ fn decode_form(raw: &[u8]) -> Result<String, LoginRejection> {
 }
 
 fn parse_json(body: &[u8]) -> Result<Fields, LoginRejection> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| LoginRejection::Malformed("The JSON body could not be parsed."))?;
-    let serde_json::Value::Object(mut object) = value else {
+    let Ok(Entries(entries)) = serde_json::from_slice::<Entries>(body) else {
         return Err(LoginRejection::Malformed(
-            "The JSON body must be an object.",
+            "The JSON body must be an object, e.g. {\"username\": \"…\", \"password\": \"…\"}.",
         ));
     };
-    let mut field = |name: &str| match object.remove(name) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(LoginRejection::Fields(
-            serde_json::json!({ name: ["Not a valid string."] }),
-        )),
+    let field = |name: &str| -> Result<Option<String>, LoginRejection> {
+        let mut values = entries.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+        let value = values.next();
+        // A field sent twice could be read either way; refuse like the form does.
+        if values.next().is_some() {
+            return Err(LoginRejection::Malformed("A field appears more than once."));
+        }
+        match value {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(LoginRejection::Fields(
+                serde_json::json!({ name: ["Not a valid string."] }),
+            )),
+        }
     };
     Ok((field("username")?, field("password")?))
+}
+
+/// A JSON object's members in order, duplicates kept (a `Map` would keep
+/// only the last, hiding an ambiguous body).
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 #[cfg(test)]
@@ -304,6 +337,14 @@ mod tests {
             (Format::Json, b"\xff\xfe"),
             (Format::Form, b"username=%ff&password=x"),
             (Format::Form, b"username=a&username=b&password=x"),
+            (
+                Format::Json,
+                br#"{"username":"a","username":"b","password":"x"}"#,
+            ),
+            (
+                Format::Json,
+                br#"{"username":"a","password":"x","password":"y"}"#,
+            ),
         ] {
             assert!(
                 matches!(parse(format, body), Err(LoginRejection::Malformed(_))),

@@ -9,6 +9,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::{Frame, Incoming};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -47,28 +48,55 @@ impl hyper::body::Body for Outbound {
     }
 }
 
+type Connector = HttpsConnector<HttpConnector<Resolver>>;
+
 pub struct Upstream {
-    client: Client<HttpConnector<Resolver>, Outbound>,
+    client: Client<Connector, Outbound>,
     config: UpstreamConfig,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot read upstream.ca_file {path}: {source}")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("upstream.ca_file {path} holds no usable certificate: {source}")]
+    BadCa {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot set up TLS to the upstream: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
         // Resolved in-process: getaddrinfo finds no service names in a static binary.
         let resolver = Resolver::system(config.connect_timeout);
-        let mut connector = HttpConnector::new_with_resolver(resolver);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        let mut http = HttpConnector::new_with_resolver(resolver);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        // The TLS layer below decides per URI scheme.
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls(config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .timer(TokioTimer::new())
             .build(connector);
-        Self {
+        Ok(Self {
             client,
             config: config.clone(),
-        }
+        })
     }
 
     /// The upstream URI for a canonical `path` and the client's raw `query`.
@@ -114,6 +142,33 @@ impl Upstream {
         headers::remove_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Either::Right(body)))
     }
+}
+
+/// Web PKI roots, plus `ca_file` for upstreams with a private CA.
+fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &config.ca_file {
+        let ca_err = |source| UpstreamError::CaFile {
+            path: path.clone(),
+            source,
+        };
+        for cert in CertificateDer::pem_file_iter(path).map_err(ca_err)? {
+            roots
+                .add(cert.map_err(ca_err)?)
+                .map_err(|source| UpstreamError::BadCa {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

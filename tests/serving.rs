@@ -362,3 +362,81 @@ async fn websocket_upgrades_are_tunneled_for_authorized_requests_only() {
     assert!(!head.starts_with("HTTP/1.1 101"), "{head}");
     gw.stop().await;
 }
+
+/// An HTTPS upstream on 127.0.0.1 with a certificate for `localhost`,
+/// answering with the path and identity it saw.
+async fn https_upstream(dir: &std::path::Path) -> std::net::SocketAddr {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("upstream-ca.pem"), key.cert.pem()).unwrap();
+    let cert = rustls::pki_types::CertificateDer::from(key.cert.der().to_vec());
+    let private =
+        rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], private)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let user = req.headers().get("x-auth-user").cloned();
+                        let body = format!(
+                            "tls upstream saw {} as {}",
+                            req.uri(),
+                            user.as_ref().and_then(|u| u.to_str().ok()).unwrap_or("-")
+                        );
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstreams_with_a_private_ca_are_verified_and_pooled() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let up = https_upstream(ca_dir.path()).await;
+    let ca = ca_dir.path().join("upstream-ca.pem");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"https://localhost:{}\"\nca_file = \"{}\"\n[auth]\n{FAST_ARGON2}\n",
+        up.port(),
+        ca.display()
+    );
+    let (gw, _reload) = Gateway::start_text(&text, |_| {}).await;
+    gw.add_user("ula", "pw", &[]);
+    let token = gw.login("ula", "pw").await;
+    for _ in 0..3 {
+        let r = get(gw.addr, "/secure?x=1", Some(&token)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "tls upstream saw /secure?x=1 as ula");
+    }
+    gw.stop().await;
+
+    // Without the CA the upstream's certificate is not trusted: 502.
+    let untrusted = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"https://localhost:{}\"\n[auth]\npublic = [\"/**\"]\n{FAST_ARGON2}\n",
+        up.port()
+    );
+    let (gw, _reload) = Gateway::start_text(&untrusted, |_| {}).await;
+    let r = get(gw.addr, "/secure", None).await;
+    assert_eq!(r.status, 502);
+    gw.stop().await;
+}

@@ -74,6 +74,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// Extra trust roots (PEM) for an https upstream with a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -391,7 +393,7 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig, path: &Path, base: &Path) -> Option<Config> {
         let server = self.server(&raw, base);
-        let upstream = self.upstream(&raw);
+        let upstream = self.upstream(&raw, base);
         let store = self.parse("store.path", &raw.store.path, |p| {
             if p.trim().is_empty() {
                 Err("must not be empty".into())
@@ -485,7 +487,7 @@ impl Validator<'_> {
         })
     }
 
-    fn upstream(&mut self, raw: &RawConfig) -> Option<UpstreamConfig> {
+    fn upstream(&mut self, raw: &RawConfig, base: &Path) -> Option<UpstreamConfig> {
         let r = &raw.upstream;
         let url = self.parse("upstream.url", &r.url, |u| parse_upstream_url(u));
         let connect_timeout = self.parse("upstream.connect_timeout", &r.connect_timeout, |d| {
@@ -497,7 +499,9 @@ impl Validator<'_> {
                 positive(d)
             });
         let (scheme, authority, base_path) = url?;
+        let ca_file = r.ca_file.as_ref().map(|f| base.join(f.get_ref()));
         Some(UpstreamConfig {
+            ca_file,
             scheme,
             authority,
             base_path,
@@ -761,10 +765,8 @@ fn parse_upstream_url(
         .map_err(|_| format!("`{text}` is not a URL such as \"http://127.0.0.1:8000\""))?;
     let scheme = match uri.scheme_str() {
         Some("http") => http::uri::Scheme::HTTP,
-        Some("https") => {
-            return Err("https upstreams are not available in this build yet; use http://".into());
-        }
-        _ => return Err(format!("`{text}` must start with http://")),
+        Some("https") => http::uri::Scheme::HTTPS,
+        _ => return Err(format!("`{text}` must start with http:// or https://")),
     };
     let authority = uri
         .authority()

@@ -63,6 +63,8 @@ pub struct RawUpstream {
     pub connect_timeout: Spanned<String>,
     pub timeout: Spanned<String>,
     pub pool_idle_timeout: Spanned<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<Spanned<String>>,
 }
 
 impl Default for RawUpstream {
@@ -72,6 +74,7 @@ impl Default for RawUpstream {
             connect_timeout: s("5s"),
             timeout: s("60s"),
             pool_idle_timeout: s("90s"),
+            ca_file: None,
         }
     }
 }
