@@ -1,5 +1,9 @@
 //! The user and token store over sled. Every write is flushed to disk before
 //! the call returns, so whatever the caller acknowledges survives `kill -9`.
+//! A write that fails (a full disk) is reported, never acknowledged; sled
+//! then refuses all writes, so the store keeps answering reads from the
+//! failed database and reopens it from disk once the disk takes writes
+//! again (see `Store::reopen`).
 //!
 //! Trees:
 //! - `users`:  username → `User` (JSON)
@@ -11,10 +15,14 @@
 //! all of their tokens sets a new epoch in one write, which ends every
 //! token at once — including one a concurrent login is about to store.
 
+use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -88,6 +96,18 @@ pub enum StoreError {
     },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    #[error(
+        "writing the store at {path} failed: {source}; the change may not have been saved (is the disk full?): retry it once the disk has room"
+    )]
+    WriteFailed {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error(
+        "the store at {path} takes no writes since a write failed ({reason}); the change was not made. The store reopens by itself once the disk takes writes again: retry then"
+    )]
+    Unavailable { path: PathBuf, reason: String },
     #[error("a stored record is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("cannot generate random bytes: {0}")]
@@ -116,16 +136,59 @@ pub enum StoreError {
     InvalidLabel,
 }
 
-#[derive(Clone)]
-pub struct Store {
+/// The open sled database and its trees. Replaced whole when the store is
+/// reopened after a failed write.
+struct Handles {
     db: sled::Db,
     users: sled::Tree,
     tokens: sled::Tree,
     user_tokens: sled::Tree,
-    /// Writes hold it shared; a backup holds it exclusively, so the
-    /// snapshot sees all three trees at one instant.
+}
+
+#[derive(Clone)]
+pub struct Store {
+    path: Arc<Path>,
+    /// `None` only while a failed database is being reopened. Each call
+    /// holds its own `Arc` for its duration, so the reopen knows when the
+    /// old database (and its lock on the directory) is really gone.
+    handles: Arc<ArcSwapOption<Handles>>,
+    /// Set by a failed write. sled 0.34 poisons itself on a write error
+    /// (ENOSPC, EIO): every later write fails, even once the disk has room
+    /// again. Reads still answer from it, so valid tokens keep working
+    /// while writes are refused, until the store is reopened.
+    fault: Arc<Fault>,
+    /// Writes hold it shared; a backup or a reopen holds it exclusively, so
+    /// a snapshot sees all three trees at one instant.
     gate: Arc<RwLock<()>>,
 }
+
+#[derive(Default)]
+struct Fault {
+    /// The fast check on the request path.
+    failed: AtomicBool,
+    state: Mutex<Option<FaultState>>,
+}
+
+struct FaultState {
+    /// The write error, for messages until the reopen.
+    error: String,
+    /// No reopen is tried before this, so a still-full disk costs one
+    /// small probe write per `REOPEN_INTERVAL`, not one per request.
+    next_attempt: Instant,
+}
+
+impl Fault {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<FaultState>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How often a failed store tries to reopen.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// Written (and removed) in the store's directory before a reopen: the disk
+/// must take at least this much again, one sled segment.
+const PROBE_BYTES: usize = 512 * 1024;
+const PROBE_NAME: &str = "space-probe.tmp";
 
 /// The trees a backup carries, by name.
 pub const TREES: [&str; 3] = ["users", "tokens", "user_tokens"];
@@ -189,38 +252,66 @@ fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreEr
     })
 }
 
+fn open_handles(path: &Path) -> Result<Handles, StoreError> {
+    // Password hashes live here: owner-only, whoever creates it.
+    let open_err = |source: std::io::Error| StoreError::Open {
+        path: path.to_path_buf(),
+        source: sled::Error::Io(source),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(open_err)?;
+    let db = sled::Config::new().path(path).open().map_err(|source| {
+        let locked = matches!(&source, sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("lock"));
+        if locked {
+            StoreError::Locked {
+                path: path.to_path_buf(),
+            }
+        } else {
+            StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    let tree = |name: &str| {
+        db.open_tree(name).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    Ok(Handles {
+        users: tree("users")?,
+        tokens: tree("tokens")?,
+        user_tokens: tree("user_tokens")?,
+        db,
+    })
+}
+
+/// Whether the disk under `dir` takes writes again: writes, syncs and
+/// removes a file of `PROBE_BYTES`.
+fn probe_space(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(PROBE_NAME);
+    let written = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&[0u8; PROBE_BYTES])?;
+        file.sync_all()
+    })();
+    let removed = std::fs::remove_file(&path);
+    written.and(removed)
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        // Password hashes live here: owner-only, whoever creates it.
-        let open_err = |source: std::io::Error| StoreError::Open {
-            path: path.to_path_buf(),
-            source: sled::Error::Io(source),
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(open_err)?;
-        let db = sled::Config::new().path(path).open().map_err(|source| {
-            let locked = matches!(&source, sled::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("lock"));
-            if locked {
-                StoreError::Locked {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                StoreError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
+        let handles = open_handles(path)?;
         Ok(Self {
-            users: db.open_tree("users")?,
-            tokens: db.open_tree("tokens")?,
-            user_tokens: db.open_tree("user_tokens")?,
-            db,
+            path: Arc::from(path),
+            handles: Arc::new(ArcSwapOption::from_pointee(handles)),
+            fault: Arc::new(Fault::default()),
             gate: Arc::new(RwLock::new(())),
         })
     }
@@ -229,12 +320,128 @@ impl Store {
         self.gate.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn tree(&self, name: &str) -> Option<&sled::Tree> {
-        match name {
-            "users" => Some(&self.users),
-            "tokens" => Some(&self.tokens),
-            "user_tokens" => Some(&self.user_tokens),
-            _ => None,
+    fn unavailable(&self, reason: &str) -> StoreError {
+        StoreError::Unavailable {
+            path: self.path.to_path_buf(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The open database, for a read.
+    fn handles(&self) -> Result<Arc<Handles>, StoreError> {
+        self.handles
+            .load_full()
+            .ok_or_else(|| self.unavailable("it is being reopened"))
+    }
+
+    /// Before a write: after a failed write, reopens the store if the disk
+    /// has room again, else refuses at once. Writes call this before taking
+    /// the gate, then take the handles under it, so a reopen (which holds
+    /// the gate exclusively) never waits on a writer.
+    fn ready_for_write(&self) -> Result<(), StoreError> {
+        if self.fault.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        Ok(())
+    }
+
+    /// Passes a write's result through, noting an I/O failure: sled takes
+    /// no more writes after one until it is reopened.
+    fn wrote<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(StoreError::Io(source)) => {
+                self.note_failure(&source);
+                Err(StoreError::WriteFailed {
+                    path: self.path.to_path_buf(),
+                    source,
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn note_failure(&self, error: &sled::Error) {
+        self.fault.failed.store(true, Ordering::Release);
+        // Never waits: a reopen in progress holds the lock and settles the state.
+        let mut state = match self.fault.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if state.is_none() {
+            tracing::error!(
+                store = %self.path.display(),
+                error = %error,
+                "a store write failed; writes are refused (logins answer 503) until the store reopens, tried every {}s once the disk takes writes again",
+                REOPEN_INTERVAL.as_secs()
+            );
+            *state = Some(FaultState {
+                error: error.to_string(),
+                next_attempt: Instant::now(),
+            });
+        }
+    }
+
+    /// After a failed write: if the disk takes a probe write again, drops
+    /// the poisoned database and opens it anew from disk, which holds
+    /// exactly the acknowledged writes. At most one attempt per
+    /// `REOPEN_INTERVAL`; other callers are refused meanwhile.
+    fn reopen(&self) -> Result<(), StoreError> {
+        {
+            let mut state = self.fault.lock();
+            match state.as_mut() {
+                None => return Ok(()),
+                Some(f) if Instant::now() < f.next_attempt => {
+                    return Err(self.unavailable(&f.error));
+                }
+                Some(f) => f.next_attempt = Instant::now() + REOPEN_INTERVAL,
+            }
+        }
+        if let Err(e) = probe_space(&self.path) {
+            tracing::debug!(error = %e, "store: the disk takes no writes yet");
+            return Err(self.unavailable(&format!("the disk takes no writes yet: {e}")));
+        }
+        let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.fault.lock();
+        let Some(fault) = state.as_mut() else {
+            return Ok(());
+        };
+        if let Some(old) = self.handles.swap(None) {
+            // Calls in flight finish on the old database; sled's lock on
+            // the directory goes with its last handle.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 {
+                if Instant::now() > deadline {
+                    self.handles.store(Some(old));
+                    return Err(self.unavailable(&fault.error));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        let started = Instant::now();
+        let opened = loop {
+            match open_handles(&self.path) {
+                // sled's background threads may hold the old lock a moment.
+                Err(StoreError::Locked { .. }) if started.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        match opened {
+            Ok(handles) => {
+                self.handles.store(Some(Arc::new(handles)));
+                *state = None;
+                self.fault.failed.store(false, Ordering::Release);
+                tracing::warn!(store = %self.path.display(), took = ?started.elapsed(), "store reopened after a write failure; writes resume");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(store = %self.path.display(), error = %e, "reopening the store failed; retrying");
+                fault.error = e.to_string();
+                Err(self.unavailable(&fault.error))
+            }
         }
     }
 
@@ -245,11 +452,9 @@ impl Store {
         mut f: impl FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<usize, StoreError> {
         let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let h = self.handles()?;
         let mut n = 0;
-        for name in TREES {
-            let Some(tree) = self.tree(name) else {
-                continue;
-            };
+        for (name, tree) in TREES.into_iter().zip([&h.users, &h.tokens, &h.user_tokens]) {
             for entry in tree.iter() {
                 let (k, v) = entry?;
                 f(name, &k, &v)?;
@@ -260,14 +465,16 @@ impl Store {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.tokens.is_empty() && self.user_tokens.is_empty()
+        self.handles().is_ok_and(|h| h.is_empty())
     }
 
     /// Loads `entries` (tree, key, value) into an empty store in one
     /// transaction: all of them or none.
     pub fn load(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        self.ready_for_write()?;
         let _gate = self.writing();
-        if !self.is_empty() {
+        let h = self.handles()?;
+        if !h.is_empty() {
             return Err(StoreError::NotEmpty);
         }
         let mut batches: [sled::Batch; 3] = Default::default();
@@ -283,38 +490,48 @@ impl Store {
             }
             batches[i].insert(k.as_slice(), v.as_slice());
         }
-        unwrap_tx((&self.users, &self.tokens, &self.user_tokens).transaction(
-            |(users, tokens, user_tokens)| {
-                users.apply_batch(&batches[0])?;
-                tokens.apply_batch(&batches[1])?;
-                user_tokens.apply_batch(&batches[2])?;
-                Ok(())
-            },
-        ))?;
-        self.flush()
+        self.wrote(
+            unwrap_tx((&h.users, &h.tokens, &h.user_tokens).transaction(
+                |(users, tokens, user_tokens)| {
+                    users.apply_batch(&batches[0])?;
+                    tokens.apply_batch(&batches[1])?;
+                    user_tokens.apply_batch(&batches[2])?;
+                    Ok(())
+                },
+            ))
+            .and_then(|()| h.flush()),
+        )
     }
 
-    /// Makes every write so far durable. Called by each write before it returns.
+    /// Makes every write so far durable. Each write calls this before it
+    /// returns; the server calls it once more at shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        let h = self.handles()?;
+        self.wrote(h.flush())
     }
 
     /// A cheap read that fails when the store does: for readiness checks.
+    /// A store refusing writes after a failure is not ready either.
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.users.first()?;
+        if self.fault.failed.load(Ordering::Acquire) {
+            let reason = self
+                .fault
+                .lock()
+                .as_ref()
+                .map_or_else(String::new, |f| f.error.clone());
+            return Err(self.unavailable(&reason));
+        }
+        self.handles()?.users.first()?;
         Ok(())
     }
 
     pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
-        match self.users.get(name.as_bytes())? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
-        }
+        self.handles()?.user(name)
     }
 
     pub fn users(&self) -> Result<Vec<User>, StoreError> {
-        self.users
+        self.handles()?
+            .users
             .iter()
             .values()
             .map(|v| Ok(serde_json::from_slice(&v?)?))
@@ -327,7 +544,6 @@ impl Store {
         password_hash: String,
         roles: Vec<String>,
     ) -> Result<User, StoreError> {
-        let _gate = self.writing();
         validate_username(username)?;
         for role in &roles {
             validate_role(role)?;
@@ -341,13 +557,18 @@ impl Store {
             epoch: random_u64()?,
         };
         let bytes = serde_json::to_vec(&user)?;
-        let swapped =
-            self.users
-                .compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(bytes))?;
+        self.ready_for_write()?;
+        let _gate = self.writing();
+        let h = self.handles()?;
+        let swapped = self.wrote(
+            h.users
+                .compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(bytes))
+                .map_err(StoreError::from),
+        )?;
         if swapped.is_err() {
             return Err(StoreError::UserExists(username.to_owned()));
         }
-        self.flush()?;
+        self.wrote(h.flush())?;
         Ok(user)
     }
 
@@ -357,27 +578,31 @@ impl Store {
         name: &str,
         change: impl Fn(&mut User),
     ) -> Result<(), StoreError> {
-        let _gate = self.writing();
         let epoch = random_u64()?;
-        unwrap_tx(self.users.transaction(|users| {
-            let Some(bytes) = users.get(name.as_bytes())? else {
-                return abort(StoreError::UnknownUser(name.to_owned()));
-            };
-            let mut user: User = match serde_json::from_slice(&bytes) {
-                Ok(u) => u,
-                Err(e) => return abort(e.into()),
-            };
-            change(&mut user);
-            user.epoch = epoch;
-            match serde_json::to_vec(&user) {
-                Ok(bytes) => users.insert(name.as_bytes(), bytes)?,
-                Err(e) => return abort(e.into()),
-            };
-            Ok(())
-        }))?;
-        // The new epoch already ends the tokens; this only reclaims space.
-        self.delete_tokens_of(name)?;
-        self.flush()
+        self.ready_for_write()?;
+        let _gate = self.writing();
+        let h = self.handles()?;
+        self.wrote(
+            unwrap_tx(h.users.transaction(|users| {
+                let Some(bytes) = users.get(name.as_bytes())? else {
+                    return abort(StoreError::UnknownUser(name.to_owned()));
+                };
+                let mut user: User = match serde_json::from_slice(&bytes) {
+                    Ok(u) => u,
+                    Err(e) => return abort(e.into()),
+                };
+                change(&mut user);
+                user.epoch = epoch;
+                match serde_json::to_vec(&user) {
+                    Ok(bytes) => users.insert(name.as_bytes(), bytes)?,
+                    Err(e) => return abort(e.into()),
+                };
+                Ok(())
+            }))
+            // The new epoch already ends the tokens; this only reclaims space.
+            .and_then(|()| h.delete_tokens_of(name))
+            .and_then(|()| h.flush()),
+        )
     }
 
     pub fn set_password(&self, name: &str, password_hash: String) -> Result<(), StoreError> {
@@ -389,33 +614,29 @@ impl Store {
     }
 
     pub fn revoke_user_tokens(&self, name: &str) -> Result<usize, StoreError> {
-        let count = self.user_tokens.scan_prefix(user_prefix(name)).count();
+        let count = self
+            .handles()?
+            .user_tokens
+            .scan_prefix(user_prefix(name))
+            .count();
         self.update_user_and_end_tokens(name, |_| {})?;
         Ok(count)
     }
 
     pub fn remove_user(&self, name: &str) -> Result<(), StoreError> {
+        self.ready_for_write()?;
         let _gate = self.writing();
-        if self.users.remove(name.as_bytes())?.is_none() {
+        let h = self.handles()?;
+        let removed = self.wrote(h.users.remove(name.as_bytes()).map_err(StoreError::from))?;
+        if removed.is_none() {
             return Err(StoreError::UnknownUser(name.to_owned()));
         }
-        self.delete_tokens_of(name)?;
-        self.flush()
-    }
-
-    fn delete_tokens_of(&self, name: &str) -> Result<(), StoreError> {
-        for key in self.user_tokens.scan_prefix(user_prefix(name)).keys() {
-            let key = key?;
-            if let Some(digest) = key.get(name.len() + 1..) {
-                self.tokens.remove(digest)?;
-            }
-            self.user_tokens.remove(key)?;
-        }
-        Ok(())
+        self.wrote(h.delete_tokens_of(name).and_then(|()| h.flush()))
     }
 
     /// Issues a token to `user`, provided their credentials have not changed
-    /// since `user` was read (its epoch still holds).
+    /// since `user` was read (its epoch still holds). Returns only once the
+    /// token is on disk: a token that was not saved is never handed out.
     pub fn issue_token(
         &self,
         user: &User,
@@ -439,32 +660,37 @@ impl Store {
             last_used_at: None,
         };
         let bytes = serde_json::to_vec(&record)?;
+        self.ready_for_write()?;
         let _gate = self.writing();
+        let h = self.handles()?;
         let name = user.username.as_str();
-        unwrap_tx((&self.users, &self.tokens, &self.user_tokens).transaction(
-            |(users, tokens, user_tokens)| {
-                let current = match users.get(name.as_bytes())? {
-                    Some(b) => serde_json::from_slice::<User>(&b).ok(),
-                    None => None,
-                };
-                match current {
-                    Some(u) if u.epoch == record.epoch && !u.disabled => {}
-                    Some(_) => return abort(StoreError::Stale),
-                    None => return abort(StoreError::UnknownUser(name.to_owned())),
-                }
-                tokens.insert(&digest.0[..], bytes.as_slice())?;
-                user_tokens.insert(user_token_key(name, &digest), &[][..])?;
-                Ok(())
-            },
-        ))?;
-        self.flush()?;
+        self.wrote(
+            unwrap_tx((&h.users, &h.tokens, &h.user_tokens).transaction(
+                |(users, tokens, user_tokens)| {
+                    let current = match users.get(name.as_bytes())? {
+                        Some(b) => serde_json::from_slice::<User>(&b).ok(),
+                        None => None,
+                    };
+                    match current {
+                        Some(u) if u.epoch == record.epoch && !u.disabled => {}
+                        Some(_) => return abort(StoreError::Stale),
+                        None => return abort(StoreError::UnknownUser(name.to_owned())),
+                    }
+                    tokens.insert(&digest.0[..], bytes.as_slice())?;
+                    user_tokens.insert(user_token_key(name, &digest), &[][..])?;
+                    Ok(())
+                },
+            ))
+            .and_then(|()| h.flush()),
+        )?;
         Ok((token, record))
     }
 
     /// The identity behind a token, if the token is live: known, unexpired,
     /// and its user present, enabled and on the same epoch.
     pub fn authenticate(&self, digest: &TokenDigest) -> Result<Option<Identity>, StoreError> {
-        let Some(bytes) = self.tokens.get(digest.0)? else {
+        let h = self.handles()?;
+        let Some(bytes) = h.tokens.get(digest.0)? else {
             return Ok(None);
         };
         let mut record: TokenRecord = serde_json::from_slice(&bytes)?;
@@ -472,7 +698,7 @@ impl Store {
         if record.expires_at.is_some_and(|at| at <= now) {
             return Ok(None);
         }
-        let Some(user) = self.user(&record.user)? else {
+        let Some(user) = h.user(&record.user)? else {
             return Ok(None);
         };
         if user.disabled || user.epoch != record.epoch {
@@ -481,16 +707,22 @@ impl Store {
         if record
             .last_used_at
             .is_none_or(|at| now.saturating_sub(at) >= LAST_USED_GRANULARITY)
+            && !self.fault.failed.load(Ordering::Acquire)
         {
             record.last_used_at = Some(now);
             // Compare-and-swap so a concurrent revocation is never undone;
             // losing this bookkeeping write to a race is harmless. It is not
-            // an acknowledged change, so it rides sled's background flush.
+            // an acknowledged change, so it rides sled's background flush,
+            // and its failure (a full disk) never fails the request.
+            // Skipped while a backup or a reopen holds the gate.
             let updated = serde_json::to_vec(&record)?;
-            let _gate = self.writing();
-            let _ = self
-                .tokens
-                .compare_and_swap(digest.0, Some(bytes), Some(updated))?;
+            if let Ok(_gate) = self.gate.try_read()
+                && let Err(e) = h
+                    .tokens
+                    .compare_and_swap(digest.0, Some(bytes), Some(updated))
+            {
+                self.note_failure(&e);
+            }
         }
         Ok(Some(Identity {
             username: user.username,
@@ -499,23 +731,26 @@ impl Store {
     }
 
     pub fn revoke(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
+        self.ready_for_write()?;
         let _gate = self.writing();
-        let Some(bytes) = self.tokens.remove(digest.0)? else {
-            return Ok(false);
-        };
-        if let Ok(record) = serde_json::from_slice::<TokenRecord>(&bytes) {
-            self.user_tokens
-                .remove(user_token_key(&record.user, digest))?;
-        }
-        self.flush()?;
-        Ok(true)
+        let h = self.handles()?;
+        self.wrote((|| {
+            let Some(bytes) = h.tokens.remove(digest.0)? else {
+                return Ok(false);
+            };
+            if let Ok(record) = serde_json::from_slice::<TokenRecord>(&bytes) {
+                h.user_tokens.remove(user_token_key(&record.user, digest))?;
+            }
+            h.flush()?;
+            Ok(true)
+        })())
     }
 
     pub fn revoke_id(&self, id: &str) -> Result<(), StoreError> {
         let prefix =
             TokenDigest::parse_id(id).ok_or_else(|| StoreError::UnknownToken(id.to_owned()))?;
         let mut found = None;
-        for key in self.tokens.scan_prefix(prefix).keys() {
+        for key in self.handles()?.tokens.scan_prefix(prefix).keys() {
             let key = key?;
             if let Ok(digest) = <[u8; 32]>::try_from(key.as_ref()) {
                 found = Some(TokenDigest(digest));
@@ -530,36 +765,39 @@ impl Store {
     /// Deletes expired tokens; returns how many. They are already refused
     /// at check time, this only reclaims space.
     pub fn purge_expired(&self) -> Result<usize, StoreError> {
+        self.ready_for_write()?;
         let _gate = self.writing();
+        let h = self.handles()?;
         let now = now();
-        let mut purged = 0;
-        for entry in self.tokens.iter() {
-            let (key, value) = entry?;
-            let Ok(record) = serde_json::from_slice::<TokenRecord>(&value) else {
-                continue;
-            };
-            if record.expires_at.is_some_and(|at| at <= now)
-                && self
-                    .tokens
-                    .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
-                    .is_ok()
-            {
-                if let Ok(digest) = <[u8; 32]>::try_from(key.as_ref()) {
-                    self.user_tokens
-                        .remove(user_token_key(&record.user, &TokenDigest(digest)))?;
+        self.wrote((|| {
+            let mut purged = 0;
+            for entry in h.tokens.iter() {
+                let (key, value) = entry?;
+                let Ok(record) = serde_json::from_slice::<TokenRecord>(&value) else {
+                    continue;
+                };
+                if record.expires_at.is_some_and(|at| at <= now)
+                    && h.tokens
+                        .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
+                        .is_ok()
+                {
+                    if let Ok(digest) = <[u8; 32]>::try_from(key.as_ref()) {
+                        h.user_tokens
+                            .remove(user_token_key(&record.user, &TokenDigest(digest)))?;
+                    }
+                    purged += 1;
                 }
-                purged += 1;
             }
-        }
-        if purged > 0 {
-            self.flush()?;
-        }
-        Ok(purged)
+            if purged > 0 {
+                h.flush()?;
+            }
+            Ok(purged)
+        })())
     }
 
     pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.tokens.iter() {
+        for entry in self.handles()?.tokens.iter() {
             let (key, value) = entry?;
             let record: TokenRecord = serde_json::from_slice(&value)?;
             if user.is_some_and(|u| u != record.user) {
@@ -580,6 +818,35 @@ impl Store {
                 .then(a.id.cmp(&b.id))
         });
         Ok(out)
+    }
+}
+
+impl Handles {
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.tokens.is_empty() && self.user_tokens.is_empty()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        match self.users.get(name.as_bytes())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn delete_tokens_of(&self, name: &str) -> Result<(), StoreError> {
+        for key in self.user_tokens.scan_prefix(user_prefix(name)).keys() {
+            let key = key?;
+            if let Some(digest) = key.get(name.len() + 1..) {
+                self.tokens.remove(digest)?;
+            }
+            self.user_tokens.remove(key)?;
+        }
+        Ok(())
     }
 }
 

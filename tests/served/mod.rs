@@ -1,0 +1,308 @@
+//! Fixtures for durability tests that need the real binary: a temporary
+//! directory with a config, `tokengate` commands run in it with a scrubbed
+//! environment, and a `tokengate serve` child that can be killed with
+//! SIGKILL and started again on the same store.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+/// A directory holding `tokengate.toml` and (by default) the store `data/`.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    /// Extra environment for every command and server.
+    pub vars: Vec<(String, String)>,
+    /// Run every command as this uid (and gid), when the test is root.
+    pub as_user: Option<u32>,
+}
+
+impl Env {
+    /// `config` is the whole TOML text; relative paths in it are the directory's.
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokengate.toml");
+        std::fs::write(&path, config).unwrap();
+        Self {
+            dir,
+            config: path,
+            vars: Vec::new(),
+            as_user: None,
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.dir.path())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null());
+        if let Some(id) = self.as_user {
+            use std::os::unix::process::CommandExt;
+            c.uid(id).gid(id);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The command may fail before reading; a broken pipe is its answer.
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        let out = self.run_stdin(&["user", "add", name, "--password-stdin"], password);
+        assert!(
+            out.status.success(),
+            "user add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A `tokengate serve` child process; killed with SIGKILL on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The admin listener's address, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
+    pub log: PathBuf,
+}
+
+/// Why a server did not come up: its exit status (if it exited) and its log.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: Option<std::process::ExitStatus>,
+    pub log: String,
+}
+
+impl Server {
+    /// Starts `serve` and waits until it accepts on its port and on the
+    /// admin socket (when the store is under `env.store_path()`).
+    pub fn start(env: &Env) -> Result<Self, StartFailure> {
+        Self::start_logged(env, "serve")
+    }
+
+    /// `start`, logging to `NAME.log` in the env's directory (appended).
+    pub fn start_logged(env: &Env, name: &str) -> Result<Self, StartFailure> {
+        let log = env.dir.path().join(format!("{name}.log"));
+        let mut child = env
+            .cmd(&["serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .unwrap();
+            let mut admin = None;
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(file, "{line}");
+                if let Some(rest) = line.split("admin=").nth(1) {
+                    admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+                if !sent && let Some(rest) = line.split("listen=").nth(1) {
+                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    let _ = tx.send((addr, admin));
+                    sent = true;
+                }
+            }
+        });
+        let fail = |child: &mut Child, log: &Path| {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            // Let the reader thread write the last lines.
+            std::thread::sleep(Duration::from_millis(50));
+            StartFailure {
+                status,
+                log: std::fs::read_to_string(log).unwrap_or_default(),
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (addr, admin) = loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(found) => break found,
+                Err(_) if Instant::now() > deadline => return Err(fail(&mut child, &log)),
+                Err(_) => {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return Err(fail(&mut child, &log));
+                    }
+                }
+            }
+        };
+        let socket = env.store_path().join("admin.sock");
+        if env.store_path().exists() {
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                    return Err(fail(&mut child, &log));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(Server {
+            child,
+            addr,
+            admin,
+            log,
+        })
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response read whole, or `None` when the connection failed (the server
+/// was killed) or took longer than `timeout`.
+pub async fn try_send(
+    addr: SocketAddr,
+    req: Request<Bytes>,
+    timeout: Duration,
+) -> Option<(StatusCode, Bytes)> {
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    parts.uri = format!("http://{addr}{pq}").parse().unwrap();
+    let req = Request::from_parts(parts, Full::new(body));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let fut = async {
+        let r = client.request(req).await.ok()?;
+        let status = r.status();
+        let body = r.into_body().collect().await.ok()?.to_bytes();
+        Some((status, body))
+    };
+    tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
+pub fn login_request(user: &str, password: &str) -> Request<Bytes> {
+    let body = serde_json::json!({"username": user, "password": password}).to_string();
+    Request::post("/login")
+        .header("content-type", "application/json")
+        .body(Bytes::from(body))
+        .unwrap()
+}
+
+pub fn logout_request(token: &str) -> Request<Bytes> {
+    Request::post("/logout")
+        .header("authorization", format!("Token {token}"))
+        .body(Bytes::new())
+        .unwrap()
+}
+
+pub fn get_request(path: &str, token: &str) -> Request<Bytes> {
+    Request::get(path)
+        .header("authorization", format!("Token {token}"))
+        .body(Bytes::new())
+        .unwrap()
+}
+
+/// A small deterministic generator (SplitMix64) so a failing run can be
+/// replayed from its printed seed without another dependency.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A seed from `var` if set, else from the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("{var} must be a number")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    }
+}
