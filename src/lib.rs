@@ -12,7 +12,8 @@
 //! - [`auth`]: `Authorization` header → [`store::Identity`]
 //! - [`policy`]: public paths and `[[rules]]` roles, over [`pattern`]s
 //! - [`headers`]: pure header operations on forwarded requests and responses
-//! - [`upstream`]: the pooled client, timeouts → 502/504; [`tunnel`] splices WebSocket upgrades
+//! - [`upstream`]: the pooled client (http or https, names via [`resolve`]),
+//!   timeouts → 502/504; [`tunnel`] splices WebSocket upgrades
 //! - [`response`]: every rejection and the one function that renders it
 //!
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
