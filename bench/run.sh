@@ -1,0 +1,415 @@
+#!/usr/bin/env bash
+# tokengate against nginx, in one run, on this machine.
+#
+#   bench/run.sh            full run (about 12 minutes)
+#   bench/run.sh --quick    the same scenarios, shorter (about 3 minutes)
+#
+# Starts an nginx upstream, an nginx static-token gateway (the anchor) and
+# tokengate, pins the proxies to one core and wrk plus the upstream to
+# another, and runs every scenario against the upstream directly, the
+# anchor and tokengate in interleaved rounds, so that drift from whatever
+# else the machine does hits all three alike. Prints figures and ratios;
+# nothing here passes or fails on timing.
+#
+# Environment: BENCH_PROXY_CPU (0) and BENCH_LOAD_CPU (1) pick the cores,
+# BENCH_PORT_BASE (18000) the first of seven ports, BENCH_KEEP=1 keeps the
+# work directory (configs, logs, raw results), BENCH_ONLY a space-separated
+# list of scenarios to run (token50 token200 noauth big upload flood store
+# idle), BENCH_DURATION and BENCH_ROUNDS override the run lengths.
+set -euo pipefail
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/bench
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+BASE=${BENCH_PORT_BASE:-18000}
+UP_PORT=$BASE ANCHOR_PORT=$((BASE + 1)) TG_PORT=$((BASE + 2))
+TG_NT_PORT=$((BASE + 3)) TG_1K_PORT=$((BASE + 4)) TG_BIG_PORT=$((BASE + 5)) TG_IDLE_PORT=$((BASE + 6))
+if ((QUICK)); then
+    DURATION=${BENCH_DURATION:-3} ROUNDS=${BENCH_ROUNDS:-2} BIG_TOKENS=100000
+else
+    DURATION=${BENCH_DURATION:-8} ROUNDS=${BENCH_ROUNDS:-3} BIG_TOKENS=1000000
+fi
+ONLY=${BENCH_ONLY:-token50 token200 noauth big upload flood store idle}
+MIB=1048576
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+wants() { [[ " $ONLY " == *" $1 "* ]]; }
+
+# --- tools -----------------------------------------------------------------
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+command -v taskset >/dev/null || missing+=(util-linux)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ulimit -n "$(ulimit -Hn)"
+
+log "building tokengate (release)"
+(cd "$ROOT" && cargo build --release --quiet --bin tokengate && cargo build --release --quiet --example bigstore)
+TG=$ROOT/target/release/tokengate
+BIGSTORE=$ROOT/target/release/examples/bigstore
+
+# --- processes ---------------------------------------------------------------
+
+DIR=$(mktemp -d /tmp/tokengate-bench.XXXXXX)
+RESULTS=$DIR/results
+STARTED=()
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        log "work directory kept: $DIR"
+    else
+        rm -rf "$DIR"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for port in $UP_PORT $ANCHOR_PORT $TG_PORT $TG_NT_PORT $TG_1K_PORT $TG_BIG_PORT $TG_IDLE_PORT; do
+    if ss -ltn "sport = :$port" | grep -q LISTEN; then
+        echo "port $port is in use; set BENCH_PORT_BASE" >&2
+        exit 1
+    fi
+done
+
+wait_port() {
+    local i
+    for i in $(seq 1 200); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+        sleep 0.05
+    done
+    echo "nothing answers on port $1" >&2
+    exit 1
+}
+
+render() { # template → file, placeholders @NAME@
+    sed -e "s|@DIR@|$DIR|g" -e "s|@UP_PORT@|$UP_PORT|g" -e "s|@ANCHOR_PORT@|$ANCHOR_PORT|g" \
+        -e "s|@TOKEN@|${TOKEN:-}|g" -e "s|@PROXY_BUFFERING@|${PROXY_BUFFERING:-on}|g" "$1" >"$2"
+}
+
+tg_config() { # NAME PORT [extra TOML]
+    cat >"$DIR/$1.toml" <<EOF
+[server]
+listen = "127.0.0.1:$2"
+[upstream]
+url = "http://127.0.0.1:$UP_PORT"
+[store]
+path = "$1-store"
+[log]
+level = "info"
+${3:-}
+EOF
+}
+
+start_tg() { # NAME PORT → pid in TG_PIDS[NAME]
+    taskset -c "$PROXY_CPU" "$TG" serve -c "$DIR/$1.toml" 2>"$DIR/$1.log" &
+    STARTED+=($!)
+    TG_PIDS[$1]=$!
+    wait_port "$2"
+}
+declare -A TG_PIDS
+
+# nginx workers run as an unprivileged user: they must reach the body file.
+chmod 755 "$DIR"
+mkdir -p "$DIR/www"
+head -c $MIB /dev/urandom >"$DIR/www/big"
+
+log "creating the user and a token through the CLI"
+tg_config tg "$TG_PORT"
+echo 'bench password' | "$TG" user add bench --password-stdin -c "$DIR/tg.toml" >/dev/null
+TOKEN=$("$TG" token issue bench --label bench -c "$DIR/tg.toml" 2>/dev/null | tail -n 1)
+AUTH="Token $TOKEN"
+# The same user and token in every other store, copied before any server opens them.
+cp -a "$DIR/tg-store" "$DIR/tg-nt-store"
+cp -a "$DIR/tg-store" "$DIR/tg-idle-store"
+tg_config tg-nt "$TG_NT_PORT" $'[throttle]\nenabled = false'
+tg_config tg-idle "$TG_IDLE_PORT"
+if wants store; then
+    tg_config tg-1k "$TG_1K_PORT"
+    tg_config tg-big "$TG_BIG_PORT"
+    log "building stores of 1000 and $BIG_TOKENS tokens"
+    for store in 1k big; do
+        count=1000
+        [[ $store == big ]] && count=$BIG_TOKENS
+        "$BIGSTORE" "$DIR/tg-store" "$DIR/tg-$store-store" "$count" "$DIR/secrets-$store" 2>>"$DIR/bigstore.log"
+        echo "$TOKEN" >>"$DIR/secrets-$store"
+    done
+fi
+
+render "$BENCH/upstream.conf.in" "$DIR/upstream.conf"
+render "$BENCH/anchor.conf.in" "$DIR/anchor.conf"
+# The upstream shares the load generator's core: the proxy's core is its own.
+taskset -c "$LOAD_CPU" "$NGINX" -c "$DIR/upstream.conf" -p "$DIR" 2>>"$DIR/upstream.error.log" &
+STARTED+=($!)
+UP_PID=$!
+taskset -c "$PROXY_CPU" "$NGINX" -c "$DIR/anchor.conf" -p "$DIR" 2>>"$DIR/anchor.error.log" &
+STARTED+=($!)
+ANCHOR_PID=$!
+start_tg tg "$TG_PORT"
+wait_port "$UP_PORT"
+wait_port "$ANCHOR_PORT"
+
+# Both gateways must answer alike before anything is measured.
+check() { # PORT AUTH PATH EXPECTED
+    local got
+    got=$(curl -s -o /dev/null -w '%{http_code}' ${2:+-H "Authorization: $2"} "http://127.0.0.1:$1$3")
+    [[ $got == "$4" ]] || { echo "port $1 $3: got $got, expected $4" >&2; exit 1; }
+}
+for port in $ANCHOR_PORT $TG_PORT; do
+    check "$port" "$AUTH" /small 200
+    check "$port" "" /small 401
+    check "$port" "Token tg_wrong" /small 401
+done
+
+# --- measuring -----------------------------------------------------------------
+
+TCK=$(getconf CLK_TCK)
+pids_of() { # an nginx master brings its workers
+    case $1 in
+        direct) echo "$UP_PID $(pgrep -P "$UP_PID" | tr '\n' ' ')" ;;
+        nginx) echo "$ANCHOR_PID $(pgrep -P "$ANCHOR_PID" | tr '\n' ' ')" ;;
+        *) echo "${TG_PIDS[$1]}" ;;
+    esac
+}
+port_of() {
+    case $1 in
+        direct) echo "$UP_PORT" ;; nginx) echo "$ANCHOR_PORT" ;; tg) echo "$TG_PORT" ;;
+        tg-nt) echo "$TG_NT_PORT" ;; tg-1k) echo "$TG_1K_PORT" ;; tg-big) echo "$TG_BIG_PORT" ;;
+        tg-idle) echo "$TG_IDLE_PORT" ;;
+    esac
+}
+cpu_ticks() { # utime + stime of all threads, in clock ticks
+    local pid total=0
+    for pid in "$@"; do
+        total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    done
+    echo $total
+}
+reset_peak() { local pid; for pid in "$@"; do echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true; done; }
+mem_kb() { # FIELD PIDS...: VmHWM or VmRSS summed
+    local field=$1 pid total=0
+    shift
+    for pid in "$@"; do
+        total=$((total + $(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/status")))
+    done
+    echo $total
+}
+
+# wrk against TARGET; the environment (BENCH_AUTH, BENCH_UPLOAD, ...) shapes requests.
+wrk_run() { # SECONDS CONNS PORT PATH
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"$1"s --timeout 10s -s "$BENCH/wrk.lua" \
+        "http://127.0.0.1:$3$4" 2>&1 | grep '^RESULT' || echo "RESULT requests=0 duration_us=1 bytes=0 p50_us=0 p99_us=0 errors=1 non2xx=0"
+}
+
+# The store scenario's targets each take 1000 of their own store's tokens.
+tokens_of() { case $1 in tg-1k) echo "$DIR/secrets-1k" ;; tg-big) echo "$DIR/secrets-big" ;; esac; }
+
+# One measured run: appends a line to $RESULTS.
+measure() { # SCENARIO TARGET CONNS PATH
+    local pids c0 c1 out
+    pids=$(pids_of "$2")
+    export BENCH_TOKENS
+    BENCH_TOKENS=$(tokens_of "$2")
+    # shellcheck disable=SC2086
+    reset_peak $pids
+    # shellcheck disable=SC2086
+    c0=$(cpu_ticks $pids)
+    out=$(wrk_run "$DURATION" "$3" "$(port_of "$2")" "$4")
+    # shellcheck disable=SC2086
+    c1=$(cpu_ticks $pids)
+    # shellcheck disable=SC2086
+    echo "$1 $2 $out cpu=$((c1 - c0)) hwm_kb=$(mem_kb VmHWM $pids) upload=${BENCH_UPLOAD:-0}" >>"$RESULTS"
+}
+
+# A scenario: warm each target up, then ROUNDS rounds, the order rotating.
+scenario() { # NAME CONNS PATH TARGETS...
+    local name=$1 conns=$2 path=$3 round i n
+    shift 3
+    local targets=("$@")
+    n=${#targets[@]}
+    log "scenario $name: ${targets[*]}, $conns connections, $ROUNDS × ${DURATION}s"
+    for t in "${targets[@]}"; do BENCH_TOKENS=$(tokens_of "$t") wrk_run 1 "$conns" "$(port_of "$t")" "$path" >/dev/null; done
+    for ((round = 0; round < ROUNDS; round++)); do
+        for ((i = 0; i < n; i++)); do
+            measure "$name" "${targets[$(((i + round) % n))]}" "$conns" "$path"
+        done
+    done
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "load average before: $LOAD_BEFORE"
+: >"$RESULTS"
+THREE=(direct nginx tg)
+
+if wants token50; then BENCH_AUTH=$AUTH scenario "token c=50" 50 /small "${THREE[@]}"; fi
+if wants token200; then BENCH_AUTH=$AUTH scenario "token c=200" 200 /small "${THREE[@]}"; fi
+if wants noauth; then scenario "no token (401) c=50" 50 /small nginx tg; fi
+if wants big; then BENCH_AUTH=$AUTH scenario "1 MiB download c=10" 10 /big "${THREE[@]}"; fi
+if wants upload; then BENCH_AUTH=$AUTH BENCH_UPLOAD=$MIB scenario "1 MiB upload c=10" 10 /upload "${THREE[@]}"; fi
+
+# The login flood: 48 clients posting wrong passwords while 50 connections
+# use a valid token. Once with the default throttle (the flood is soon
+# answered 429) and once with it off (every attempt costs a full argon2 hash).
+flood() { # TARGET LABEL
+    local target=$1 label=$2 round port pid
+    port=$(port_of "$target")
+    log "scenario login flood, $label: $ROUNDS × ${DURATION}s undisturbed and flooded"
+    BENCH_AUTH=$AUTH wrk_run 1 50 "$port" /small >/dev/null
+    for ((round = 0; round < ROUNDS; round++)); do
+        BENCH_AUTH=$AUTH measure "flood, $label: undisturbed c=50" "$target" 50 /small
+        BENCH_LOGIN=1 wrk_run $((DURATION + 2)) 48 "$port" /login >"$DIR/flood.out" &
+        pid=$!
+        sleep 1
+        BENCH_AUTH=$AUTH measure "flood, $label: during flood c=50" "$target" 50 /small
+        wait "$pid"
+        echo "$label|$(cat "$DIR/flood.out")" >>"$DIR/flood.log"
+    done
+}
+if wants flood; then
+    flood tg "throttle on (default)"
+    start_tg tg-nt "$TG_NT_PORT"
+    flood tg-nt "throttle off"
+    FLOOD_RSS="RSS after the floods: throttle on $(($(mem_kb VmRSS "${TG_PIDS[tg]}") / 1024)) MiB, throttle off $(($(mem_kb VmRSS "${TG_PIDS[tg-nt]}") / 1024)) MiB"
+    kill "${TG_PIDS[tg-nt]}"
+fi
+
+if wants store; then
+    start_tg tg-1k "$TG_1K_PORT"
+    start_tg tg-big "$TG_BIG_PORT"
+    check "$TG_BIG_PORT" "$AUTH" /small 200
+    # 1000 different live tokens, round-robin, from either store.
+    scenario "1000 tokens: store of 1000 vs $BIG_TOKENS" 50 /small tg-1k tg-big
+    STORE_RSS="RSS after the store runs: store of 1000 $(($(mem_kb VmRSS "${TG_PIDS[tg-1k]}") / 1024)) MiB, store of $BIG_TOKENS $(($(mem_kb VmRSS "${TG_PIDS[tg-big]}") / 1024)) MiB"
+    kill "${TG_PIDS[tg-1k]}" "${TG_PIDS[tg-big]}"
+fi
+
+IDLE=()
+if wants idle; then
+    # A fresh gateway: the flood above leaves argon2's memory behind.
+    start_tg tg-idle "$TG_IDLE_PORT"
+    for target in nginx tg-idle; do
+        log "scenario 1000 idle keep-alive connections: $target"
+        pids=$(pids_of "$target")
+        # shellcheck disable=SC2086
+        before=$(mem_kb VmRSS $pids)
+        python3 "$BENCH/idle.py" "$(port_of "$target")" 1000 4 "$AUTH" >"$DIR/idle.out" &
+        pid=$!
+        for _ in $(seq 1 100); do grep -q '^open' "$DIR/idle.out" && break; sleep 0.1; done
+        sleep 1
+        # shellcheck disable=SC2086
+        during=$(mem_kb VmRSS $pids)
+        wait "$pid"
+        IDLE+=("$(awk -v t="$target" -v o="$(cat "$DIR/idle.out")" -v b="$before" -v d="$during" \
+            'BEGIN { printf "%-10s %s; RSS %.1f MiB before, %.1f MiB with them open", t ~ /^tg/ ? "tokengate" : t, o, b / 1024, d / 1024 }')")
+    done
+fi
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- report ------------------------------------------------------------------------
+
+echo
+echo "tokengate benchmark — $(date -u +%FT%TZ), $(nproc) cores, proxies on CPU $PROXY_CPU, wrk + upstream on CPU $LOAD_CPU"
+echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER; $ROUNDS rounds × ${DURATION}s per row, interleaved"
+echo "req/s and MiB/s: sums over rounds; p50/p99: median of rounds; CPU: the proxy's own utime+stime per request"
+echo "(for 'direct' the upstream's); peak RSS: VmHWM, reset before each run (nginx: master + worker)"
+echo
+awk -v tck="$TCK" -v mib=$MIB '
+function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function ratio(label, a, b) {
+    if (rps[a] > 0 && rps[b] > 0 && q50[b] > 0 && q99[b] > 0 && us[b] > 0 && mem[b] > 0)
+        printf "%-40s %-9s %8.2fx %7.2fx %7.2fx %7.2fx %8.2fx %7.2fx\n", "", label, rps[a] / rps[b], (mb[b] ? mb[a] / mb[b] : 0), q50[a] / q50[b], q99[a] / q99[b], us[a] / us[b], mem[a] / mem[b]
+}
+{
+    # "scenario words... TARGET RESULT k=v ...": the target is the word before RESULT
+    for (i = 1; $i != "RESULT"; i++) {}
+    target = $(i - 1); name = $1
+    for (j = 2; j < i - 1; j++) name = name " " $j
+    key = name SUBSEP target
+    if (!(key in seen)) { seen[key] = 1; order[++n] = key; if (!(name in named)) { named[name] = 1; names[++m] = name } }
+    for (j = i + 1; j <= NF; j++) { split($j, kv, "="); f[kv[1]] = kv[2] + 0 }
+    req[key] += f["requests"]; dur[key] += f["duration_us"]; bytes[key] += f["bytes"] + f["requests"] * f["upload"]
+    cpu[key] += f["cpu"]; errs[key] += f["errors"]; non2xx[key] += f["non2xx"]
+    p50[key] = p50[key] " " f["p50_us"]; p99[key] = p99[key] " " f["p99_us"]
+    if (f["hwm_kb"] > hwm[key]) hwm[key] = f["hwm_kb"]
+}
+END {
+    printf "%-40s %-9s %9s %8s %8s %8s %9s %8s %s\n", "scenario", "target", "req/s", "MiB/s", "p50 ms", "p99 ms", "CPU µs/r", "RSS MiB", "notes"
+    for (s = 1; s <= m; s++) {
+        name = names[s]
+        split("", rps); split("", q50); split("", q99); split("", us); split("", mem); split("", mb)
+        for (k = 1; k <= n; k++) {
+            split(order[k], nt, SUBSEP); if (nt[1] != name) continue
+            key = order[k]; t = nt[2]
+            rps[t] = req[key] / (dur[key] / 1e6); mb[t] = bytes[key] / (dur[key] / 1e6) / mib
+            q50[t] = median(p50[key]) / 1000; q99[t] = median(p99[key]) / 1000
+            us[t] = req[key] ? cpu[key] * 1e6 / tck / req[key] : 0; mem[t] = hwm[key] / 1024
+            note = ""
+            if (errs[key]) note = note errs[key] " socket errors; "
+            if (non2xx[key]) note = note non2xx[key] " non-2xx"
+            label = t == "tg-1k" ? "tg 1k" : t == "tg-big" ? "tg big" : t ~ /^tg/ ? "tokengate" : t
+            printf "%-40s %-9s %9.0f %8.1f %8.2f %8.2f %9.1f %8.1f %s\n", name, label, rps[t], mb[t], q50[t], q99[t], us[t], mem[t], note
+        }
+        ratio("tg/nginx", "tg", "nginx")
+        ratio("big/1k", "tg-big", "tg-1k")
+    }
+}' "$RESULTS"
+
+if wants flood; then
+    echo
+    awk '
+    {
+        for (i = 1; $i != "RESULT"; i++) {}
+        name = $1; for (j = 2; j < i - 1; j++) name = name " " $j
+        for (j = i + 1; j <= NF; j++) { split($j, kv, "="); f[kv[1]] = kv[2] + 0 }
+        if (name ~ /^flood, /) { r[name] += f["requests"]; d[name] += f["duration_us"] }
+    }
+    END {
+        for (name in r) if (name ~ /during flood/) {
+            base = name; sub(/during flood/, "undisturbed", base)
+            label = name; sub(/^flood, /, "", label); sub(/: during flood.*/, "", label)
+            if (d[base] && r[base])
+                printf "login flood, %s: authenticated throughput during the flood = %.0f%% of undisturbed\n", label, 100 * (r[name] / d[name]) / (r[base] / d[base])
+        }
+    }' "$RESULTS"
+    awk -F'|' '
+    {
+        n = split($2, w, " ")
+        for (j = 1; j <= n; j++) { split(w[j], kv, "="); f[kv[1]] = kv[2] + 0 }
+        r[$1] += f["requests"]; d[$1] += f["duration_us"]; x[$1] += f["non2xx"]
+    }
+    END {
+        for (k in r) printf "login flood, %s: %.0f login attempts/s, %d of %d answered 401/429\n", k, r[k] / (d[k] / 1e6), x[k], r[k]
+    }' "$DIR/flood.log"
+fi
+if [[ -n ${FLOOD_RSS:-} ]]; then echo "$FLOOD_RSS"; fi
+if [[ -n ${STORE_RSS:-} ]]; then echo "$STORE_RSS"; fi
+if ((${#IDLE[@]})); then
+    echo
+    echo "1000 idle keep-alive connections (one authorized request each, then idle):"
+    printf '  %s\n' "${IDLE[@]}"
+fi
