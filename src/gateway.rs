@@ -73,10 +73,23 @@ impl Settings {
 }
 
 /// What the server knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub proto: &'static str,
+    /// `addr`'s IP as a header value for `X-Forwarded-For`, formatted once
+    /// per connection rather than on every request.
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
+        Self {
+            addr,
+            proto,
+            ip: headers::ip_value(addr.ip()),
+        }
+    }
 }
 
 /// Per-request facts gathered for the access log.
@@ -149,7 +162,7 @@ impl Gateway {
         &self.store
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
         let mut outcome = Outcome {
@@ -168,7 +181,7 @@ impl Gateway {
             path = outcome.path.as_deref().unwrap_or("-"),
             status = response.status().as_u16(),
             user = outcome.user.as_deref().unwrap_or("-"),
-            client = %peer.addr.ip(),
+            client = %peer.ip.to_str().unwrap_or("-"),
             latency_us = start.elapsed().as_micros() as u64,
             upstream_us = outcome.upstream_us,
             // Streamed bodies are not counted; this is what the response declared.
@@ -180,7 +193,7 @@ impl Gateway {
     async fn route(
         &self,
         req: Request<Incoming>,
-        peer: Peer,
+        peer: &Peer,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
         let path = check_target(&req)?;
@@ -297,7 +310,7 @@ fn prepare(
     req: Request<Incoming>,
     path: &str,
     identity: Option<&Identity>,
-    peer: Peer,
+    peer: &Peer,
 ) -> Result<Request<Incoming>, Rejection> {
     let auth = &s.config.auth;
     let (mut parts, body) = req.into_parts();
@@ -334,7 +347,7 @@ fn prepare(
     headers::set_forwarded(
         &mut parts.headers,
         &Forwarded {
-            client: peer.addr.ip(),
+            client: &peer.ip,
             trusted_chain: trusted_chain.as_deref(),
             proto: peer.proto,
             host: host.as_ref(),
@@ -353,7 +366,7 @@ fn prepare(
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in
 /// which case the nearest untrusted hop of `X-Forwarded-For`.
-pub fn client_ip(peer: Peer, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: &Peer, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(peer.addr.ip()) {
         return peer.addr.ip();
@@ -434,10 +447,7 @@ mod tests {
     use super::*;
 
     fn peer(ip: &str) -> Peer {
-        Peer {
-            addr: SocketAddr::new(ip.parse().unwrap(), 1234),
-            proto: "http",
-        }
+        Peer::new(SocketAddr::new(ip.parse().unwrap(), 1234), "http")
     }
 
     fn xff(values: &[&str]) -> http::HeaderMap {
@@ -453,25 +463,25 @@ mod tests {
         let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
         let h = xff(&["203.0.113.9, 10.0.0.2"]);
         assert_eq!(
-            client_ip(peer("10.0.0.1"), &h, &trusted),
+            client_ip(&peer("10.0.0.1"), &h, &trusted),
             "203.0.113.9".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            client_ip(peer("198.51.100.1"), &h, &trusted),
+            client_ip(&peer("198.51.100.1"), &h, &trusted),
             "198.51.100.1".parse::<IpAddr>().unwrap()
         );
         let spoofed = xff(&["1.1.1.1", "203.0.113.9"]);
         assert_eq!(
-            client_ip(peer("10.0.0.1"), &spoofed, &trusted),
+            client_ip(&peer("10.0.0.1"), &spoofed, &trusted),
             "203.0.113.9".parse::<IpAddr>().unwrap()
         );
         let garbled = xff(&["nonsense"]);
         assert_eq!(
-            client_ip(peer("10.0.0.1"), &garbled, &trusted),
+            client_ip(&peer("10.0.0.1"), &garbled, &trusted),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            client_ip(peer("10.0.0.1"), &xff(&[]), &trusted),
+            client_ip(&peer("10.0.0.1"), &xff(&[]), &trusted),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
     }

@@ -6,18 +6,23 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the non-standard ones proxies
-/// also treat as connection-scoped.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// also treat as connection-scoped. Names, not strings: removing by
+/// `HeaderName` skips parsing the name on every request.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that ask an upstream framework to treat a request as another
 /// method; a gateway that authorized a GET must not forward a disguised DELETE.
@@ -59,6 +64,11 @@ pub fn same_header(a: &str, b: &str) -> bool {
 /// header names. Call before the gateway adds its own headers, so a client
 /// cannot use `Connection: X-Auth-User` to strip what the gateway sets.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` only count when `Connection` is there,
+    // and it is hop-by-hop itself: without any, there is nothing to do.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -70,7 +80,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
-        headers.remove(*name);
+        headers.remove(name);
     }
 }
 
@@ -105,26 +115,36 @@ fn is_framing_lookalike(name: &str) -> bool {
 
 /// The facts the forwarding headers are built from.
 pub struct Forwarded<'a> {
-    pub client: IpAddr,
+    /// The client's address as a header value (see [`ip_value`]).
+    pub client: &'a HeaderValue,
     /// The `X-Forwarded-For` chain a trusted proxy sent, if the peer is one.
     pub trusted_chain: Option<&'a str>,
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
 }
 
+/// An address as a header value: made once per connection, not per request.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+        .expect("an IP address is a valid header value")
+}
+
 /// Sets `X-Forwarded-For` (the client's address last), `-Proto` and `-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    let client = fwd.client.to_string();
-    let chain = match fwd.trusted_chain {
-        Some(chain) if !chain.trim().is_empty() => format!("{}, {client}", chain.trim()),
-        _ => client,
+    let client = match fwd.trusted_chain {
+        Some(chain) if !chain.trim().is_empty() => {
+            // The client value came from `ip_value`: ASCII.
+            let ip = fwd.client.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{}, {ip}", chain.trim())).ok()
+        }
+        _ => Some(fwd.client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(client) = client {
+        headers.insert(X_FORWARDED_FOR, client);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     if let Some(host) = fwd.host {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
 }
 
@@ -171,6 +191,17 @@ mod tests {
     }
 
     #[test]
+    fn without_hop_by_hop_headers_nothing_goes() {
+        let mut h = map(&[("x-secret", "1"), ("accept", "*/*"), ("host", "gw")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3, "{h:?}");
+        let mut h = map(&[("x-secret", "1"), ("keep-alive", "timeout=5")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-secret"], "1", "only a Connection header names others");
+    }
+
+    #[test]
     fn client_claims_go_in_every_spelling() {
         let identity = HeaderName::from_static("x-auth-user");
         let roles = HeaderName::from_static("x-auth-roles");
@@ -199,7 +230,7 @@ mod tests {
         set_forwarded(
             &mut h,
             &Forwarded {
-                client: "10.0.0.9".parse().unwrap(),
+                client: &ip_value("10.0.0.9".parse().unwrap()),
                 trusted_chain: Some("203.0.113.7"),
                 proto: "https",
                 host: Some(&host),
@@ -213,7 +244,7 @@ mod tests {
         set_forwarded(
             &mut h,
             &Forwarded {
-                client: "::1".parse().unwrap(),
+                client: &ip_value("::1".parse().unwrap()),
                 trusted_chain: None,
                 proto: "http",
                 host: None,

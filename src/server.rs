@@ -83,10 +83,7 @@ pub async fn serve(
         tokio::spawn(async move {
             match &settings.tls {
                 None => {
-                    let peer = Peer {
-                        addr,
-                        proto: "http",
-                    };
+                    let peer = Peer::new(addr, "http");
                     serve_connection(&builder, TokioIo::new(stream), gateway, peer, watcher).await;
                 }
                 Some(acceptor) => {
@@ -96,10 +93,7 @@ pub async fn serve(
                     );
                     match handshake.await {
                         Ok(Ok(tls)) => {
-                            let peer = Peer {
-                                addr,
-                                proto: "https",
-                            };
+                            let peer = Peer::new(addr, "https");
                             serve_connection(&builder, TokioIo::new(tls), gateway, peer, watcher)
                                 .await;
                         }
@@ -144,12 +138,15 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let client = peer.addr.ip();
+    let peer = Arc::new(peer);
     let service = service_fn(move |req| {
         let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(req, &peer).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(client = %peer.addr.ip(), error = %e, "connection ended with an error");
+        tracing::debug!(%client, error = %e, "connection ended with an error");
     }
 }
