@@ -4,9 +4,12 @@
 
 use http::header::{self, HeaderMap};
 
+use std::sync::Arc;
+
 use crate::response::Rejection;
-use crate::store::{Identity, Store};
+use crate::store::Store;
 use crate::token::Token;
+use crate::tokencache::{TokenCache, Verified};
 
 /// What the `Authorization` header offers.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,17 +48,19 @@ pub fn credential(headers: &HeaderMap, schemes: &[String]) -> Credential {
     }
 }
 
+/// The caller the request's token belongs to, through `cache`.
 pub fn authenticate(
     store: &Store,
+    cache: &TokenCache,
     headers: &HeaderMap,
     schemes: &[String],
-) -> Result<Identity, Rejection> {
+) -> Result<Arc<Verified>, Rejection> {
     let token = match credential(headers, schemes) {
         Credential::Missing => return Err(Rejection::NotProvided),
         Credential::Malformed => return Err(Rejection::InvalidToken),
         Credential::Token(token) => token,
     };
-    match store.authenticate(&token.digest()) {
+    match cache.check(store, &token.digest()) {
         Ok(Some(identity)) => Ok(identity),
         Ok(None) => Err(Rejection::InvalidToken),
         Err(e) => {

@@ -20,8 +20,9 @@ use crate::metrics::{AuthOutcome, LoginOutcome, Metrics};
 use crate::password::Hasher;
 use crate::policy;
 use crate::response::{self, Body, LoginRejection, Rejection};
-use crate::store::{Identity, Store};
+use crate::store::Store;
 use crate::throttle::Throttle;
+use crate::tokencache::{TokenCache, Verified};
 use crate::tunnel;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
@@ -35,6 +36,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Survives reloads, so a SIGHUP does not lift bans.
     throttle: Throttle,
+    /// Checks of live tokens, trusted until the store next changes.
+    tokens: TokenCache,
 }
 
 /// What one config produces: replaced at once by a reload.
@@ -95,7 +98,7 @@ impl Peer {
 /// Per-request facts gathered for the access log.
 struct Outcome {
     path: Option<String>,
-    user: Option<String>,
+    user: Option<Arc<str>>,
     upstream_us: Option<u64>,
 }
 
@@ -110,6 +113,7 @@ impl Gateway {
             settings: ArcSwap::from_pointee(Settings::new(config)?),
             store,
             metrics,
+            tokens: TokenCache::new(),
         })
     }
 
@@ -222,7 +226,7 @@ impl Gateway {
                 Err(_) => LoginOutcome::Failed,
             });
             let (response, user) = result?;
-            outcome.user = Some(user);
+            outcome.user = Some(Arc::from(user));
             return Ok(response);
         }
         if path == auth.logout_path {
@@ -233,15 +237,16 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Public);
             None
         } else {
-            let identity = auth::authenticate(&self.store, req.headers(), &auth.schemes)
-                .inspect_err(|rejection| {
-                    self.metrics.auth(match rejection {
-                        Rejection::NotProvided => AuthOutcome::Missing,
-                        _ => AuthOutcome::Invalid,
-                    })
-                })?;
+            let identity =
+                auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
+                    .inspect_err(|rejection| {
+                        self.metrics.auth(match rejection {
+                            Rejection::NotProvided => AuthOutcome::Missing,
+                            _ => AuthOutcome::Invalid,
+                        })
+                    })?;
             outcome.user = Some(identity.username.clone());
-            policy::authorize(&s.config.rules, &path, &identity)
+            policy::authorize(&s.config.rules, &path, &identity.identity)
                 .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
@@ -249,7 +254,7 @@ impl Gateway {
         let mut req = req;
         let upgrade =
             tunnel::requested(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
-        let mut req = prepare(s, req, &path, identity.as_ref(), peer)?;
+        let mut req = prepare(s, req, &path, identity.as_deref(), peer)?;
         if let Some((protocol, _)) = &upgrade {
             tunnel::restore_headers(req.headers_mut(), protocol.clone());
         }
@@ -283,7 +288,12 @@ impl Gateway {
             Credential::Token(token) => token,
         };
         let digest = token.digest();
-        let identity = auth::authenticate(&self.store, req.headers(), &s.config.auth.schemes)?;
+        let identity = auth::authenticate(
+            &self.store,
+            &self.tokens,
+            req.headers(),
+            &s.config.auth.schemes,
+        )?;
         outcome.user = Some(identity.username.clone());
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.revoke(&digest)).await {
@@ -309,7 +319,7 @@ fn prepare(
     s: &Settings,
     req: Request<Incoming>,
     path: &str,
-    identity: Option<&Identity>,
+    identity: Option<&Verified>,
     peer: &Peer,
 ) -> Result<Request<Incoming>, Rejection> {
     let auth = &s.config.auth;
@@ -354,12 +364,15 @@ fn prepare(
         },
     );
     if let Some(identity) = identity {
-        let user =
-            HeaderValue::from_str(&identity.username).map_err(|_| Rejection::InvalidToken)?;
-        parts.headers.insert(auth.identity_header.clone(), user);
-        let roles = HeaderValue::from_str(&identity.roles.join(","))
-            .map_err(|_| Rejection::InvalidToken)?;
-        parts.headers.insert(auth.roles_header.clone(), roles);
+        let (Some(user), Some(roles)) = (&identity.user_value, &identity.roles_value) else {
+            return Err(Rejection::InvalidToken);
+        };
+        parts
+            .headers
+            .insert(auth.identity_header.clone(), user.clone());
+        parts
+            .headers
+            .insert(auth.roles_header.clone(), roles.clone());
     }
     Ok(Request::from_parts(parts, body))
 }

@@ -9,7 +9,7 @@
 //! - [`gateway`]: the pipeline — target check, login/logout, authenticate, authorize, forward, log
 //! - [`canonical`]: the one canonical form of a path that every decision uses
 //! - [`login`]: the login endpoint (the only body the gateway reads), rate-limited by [`throttle`]
-//! - [`auth`]: `Authorization` header → [`store::Identity`]
+//! - [`auth`]: `Authorization` header → [`store::Identity`], through [`tokencache`]
 //! - [`policy`]: public paths and `[[rules]]` roles, over [`pattern`]s
 //! - [`headers`]: pure header operations on forwarded requests and responses
 //! - [`upstream`]: the pooled client (http or https, names via [`resolve`]),
@@ -47,6 +47,7 @@ pub mod throttle;
 pub mod time;
 pub mod tls;
 pub mod token;
+pub mod tokencache;
 pub mod tunnel;
 pub mod upstream;
 

@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -160,6 +160,34 @@ pub struct Store {
     /// Writes hold it shared; a backup or a reopen holds it exclusively, so
     /// a snapshot sees all three trees at one instant.
     gate: Arc<RwLock<()>>,
+    /// Moves on after every write (see `Writing`) and every reopen, so a
+    /// cache of token checks (`crate::tokencache`) knows when what it read
+    /// may have changed. The `last_used_at` bookkeeping does not move it.
+    generation: Arc<AtomicU64>,
+}
+
+/// A write in progress: the gate held shared. Dropped when the write and
+/// its flush are done (successful or not), it moves the store's generation
+/// on before the writing call returns, so no check cached before the write
+/// is trusted after it.
+struct Writing<'a> {
+    _gate: RwLockReadGuard<'a, ()>,
+    generation: &'a AtomicU64,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A live token: who it belongs to, and what a cache of checks needs.
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub identity: Identity,
+    pub expires_at: Option<u64>,
+    /// As stored after this check (it may have just been recorded).
+    pub last_used_at: Option<u64>,
 }
 
 #[derive(Default)]
@@ -313,11 +341,21 @@ impl Store {
             handles: Arc::new(ArcSwapOption::from_pointee(handles)),
             fault: Arc::new(Fault::default()),
             gate: Arc::new(RwLock::new(())),
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    fn writing(&self) -> RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    fn writing(&self) -> Writing<'_> {
+        Writing {
+            _gate: self.gate.read().unwrap_or_else(|p| p.into_inner()),
+            generation: &self.generation,
+        }
+    }
+
+    /// Changes after every write: a check made at one generation holds
+    /// while the generation is the same.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     fn unavailable(&self, reason: &str) -> StoreError {
@@ -432,6 +470,8 @@ impl Store {
         match opened {
             Ok(handles) => {
                 self.handles.store(Some(Arc::new(handles)));
+                // Writes that failed may have shown in the old database's reads.
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 *state = None;
                 self.fault.failed.store(false, Ordering::Release);
                 tracing::warn!(store = %self.path.display(), took = ?started.elapsed(), "store reopened after a write failure; writes resume");
@@ -689,6 +729,11 @@ impl Store {
     /// The identity behind a token, if the token is live: known, unexpired,
     /// and its user present, enabled and on the same epoch.
     pub fn authenticate(&self, digest: &TokenDigest) -> Result<Option<Identity>, StoreError> {
+        Ok(self.check(digest)?.map(|live| live.identity))
+    }
+
+    /// `authenticate`, with the token's expiry and last use.
+    pub fn check(&self, digest: &TokenDigest) -> Result<Option<LiveToken>, StoreError> {
         let h = self.handles()?;
         let Some(bytes) = h.tokens.get(digest.0)? else {
             return Ok(None);
@@ -704,6 +749,7 @@ impl Store {
         if user.disabled || user.epoch != record.epoch {
             return Ok(None);
         }
+        let mut last_used_at = record.last_used_at;
         if record
             .last_used_at
             .is_none_or(|at| now.saturating_sub(at) >= LAST_USED_GRANULARITY)
@@ -716,17 +762,25 @@ impl Store {
             // and its failure (a full disk) never fails the request.
             // Skipped while a backup or a reopen holds the gate.
             let updated = serde_json::to_vec(&record)?;
-            if let Ok(_gate) = self.gate.try_read()
-                && let Err(e) = h
+            if let Ok(_gate) = self.gate.try_read() {
+                match h
                     .tokens
                     .compare_and_swap(digest.0, Some(bytes), Some(updated))
-            {
-                self.note_failure(&e);
+                {
+                    Ok(Ok(())) => last_used_at = Some(now),
+                    // Lost to a concurrent change: left as it was read.
+                    Ok(Err(_)) => {}
+                    Err(e) => self.note_failure(&e),
+                }
             }
         }
-        Ok(Some(Identity {
-            username: user.username,
-            roles: user.roles,
+        Ok(Some(LiveToken {
+            identity: Identity {
+                username: user.username,
+                roles: user.roles,
+            },
+            expires_at: record.expires_at,
+            last_used_at,
         }))
     }
 

@@ -1,0 +1,290 @@
+//! A cache of token checks, so a valid token costs a hash lookup instead
+//! of two store reads and two JSON parses on every request.
+//!
+//! Why it never outlives a revocation: every store write moves the store's
+//! generation on before the writing call returns (`Store::generation`), and
+//! an entry is trusted only while the generation is the one read *before*
+//! the store was asked. A check that raced a write is tagged with the old
+//! generation and dies with it. Revocations are rare (logout, `token
+//! revoke`, password and user changes), so dropping every entry on any
+//! write costs little. An entry is also dropped when its token expires, and
+//! after `LAST_USED_GRANULARITY`, so the store still records each token's
+//! last use once a minute. Only live tokens are cached; an unknown token
+//! always goes to the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use http::HeaderValue;
+
+use crate::store::{Identity, LAST_USED_GRANULARITY, LiveToken, Store, StoreError};
+use crate::token::TokenDigest;
+
+/// More live tokens than this in one minute and the cache starts over.
+const CAPACITY: usize = 10_000;
+
+/// A caller whose token checked out, with the headers that name them
+/// upstream made once per check rather than once per request.
+#[derive(Debug)]
+pub struct Verified {
+    pub identity: Identity,
+    /// For the access log.
+    pub username: Arc<str>,
+    /// The identity header's value; `None` if the name cannot be one.
+    pub user_value: Option<HeaderValue>,
+    /// The roles header's value, comma-separated.
+    pub roles_value: Option<HeaderValue>,
+}
+
+impl Verified {
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            username: Arc::from(identity.username.as_str()),
+            user_value: HeaderValue::from_str(&identity.username).ok(),
+            roles_value: HeaderValue::from_str(&identity.roles.join(",")).ok(),
+            identity,
+        }
+    }
+}
+
+struct Entry {
+    verified: Arc<Verified>,
+    expires_at: Option<u64>,
+    /// Unix seconds from which the store must be asked again.
+    recheck_at: u64,
+}
+
+struct Entries {
+    /// The store generation every entry was checked at.
+    generation: u64,
+    map: HashMap<TokenDigest, Entry>,
+}
+
+pub struct TokenCache {
+    entries: RwLock<Entries>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TokenCache {
+    pub fn new() -> Self {
+        Self {
+            entries: RwLock::new(Entries {
+                generation: 0,
+                map: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The caller behind `digest` if the token is live, from the cache when
+    /// nothing was written since it was checked, else from the store.
+    pub fn check(
+        &self,
+        store: &Store,
+        digest: &TokenDigest,
+    ) -> Result<Option<Arc<Verified>>, StoreError> {
+        // Read before the store is asked: see the module comment.
+        let generation = store.generation();
+        let now = crate::store::now();
+        if let Some(hit) = self.get(digest, generation, now) {
+            return Ok(Some(hit));
+        }
+        let Some(live) = store.check(digest)? else {
+            return Ok(None);
+        };
+        let LiveToken {
+            identity,
+            expires_at,
+            last_used_at,
+        } = live;
+        let verified = Arc::new(Verified::new(identity));
+        if let Some(used) = last_used_at {
+            let entry = Entry {
+                verified: verified.clone(),
+                expires_at,
+                recheck_at: used.saturating_add(LAST_USED_GRANULARITY),
+            };
+            self.insert(*digest, generation, entry);
+        }
+        Ok(Some(verified))
+    }
+
+    fn get(&self, digest: &TokenDigest, generation: u64, now: u64) -> Option<Arc<Verified>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        if entries.generation != generation {
+            return None;
+        }
+        let entry = entries.map.get(digest)?;
+        let live = entry.expires_at.is_none_or(|at| now < at) && now < entry.recheck_at;
+        live.then(|| entry.verified.clone())
+    }
+
+    fn insert(&self, digest: TokenDigest, generation: u64, entry: Entry) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if generation < entries.generation {
+            // Checked before a write that a newer check already saw.
+            return;
+        }
+        if generation > entries.generation || entries.map.len() >= CAPACITY {
+            entries.map.clear();
+            entries.generation = generation;
+        }
+        entries.map.insert(digest, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
+
+    fn name(v: Option<Arc<Verified>>) -> Option<String> {
+        v.map(|v| v.identity.username.clone())
+    }
+
+    #[test]
+    fn a_live_token_is_served_from_the_cache_until_the_store_changes() {
+        let (_d, s) = store();
+        let cache = TokenCache::new();
+        let user = s.add_user("ann", "h".into(), vec!["a".into()]).unwrap();
+        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let first = cache.check(&s, &t.digest()).unwrap().unwrap();
+        let second = cache.check(&s, &t.digest()).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "the second check was cached");
+        assert_eq!(second.user_value.as_ref().unwrap(), "ann");
+        assert_eq!(second.roles_value.as_ref().unwrap(), "a");
+        // Any write, even an unrelated one, ends the cached check.
+        s.add_user("bob", "h".into(), vec![]).unwrap();
+        let third = cache.check(&s, &t.digest()).unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&second, &third));
+    }
+
+    type Revocation = dyn Fn(&Store, &crate::token::Token);
+
+    #[test]
+    fn every_revocation_is_seen_at_once() {
+        let (_d, s) = store();
+        let cache = TokenCache::new();
+        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
+        let revocations: [&Revocation; 5] = [
+            &|s, t| assert!(s.revoke(&t.digest()).unwrap()),
+            &|s, t| s.revoke_id(&t.digest().id()).unwrap(),
+            &|s, _| s.set_password("ann", "h2".into()).unwrap(),
+            &|s, _| {
+                s.revoke_user_tokens("ann").unwrap();
+            },
+            &|s, _| s.set_disabled("ann", true).unwrap(),
+        ];
+        for revoke in revocations {
+            let user = s.user("ann").unwrap().unwrap_or(user.clone());
+            let (t, _) = s.issue_token(&user, None, None).unwrap();
+            assert_eq!(name(cache.check(&s, &t.digest()).unwrap()).unwrap(), "ann");
+            assert!(cache.check(&s, &t.digest()).unwrap().is_some());
+            revoke(&s, &t);
+            assert!(cache.check(&s, &t.digest()).unwrap().is_none());
+        }
+        s.set_disabled("ann", false).unwrap();
+        let user = s.user("ann").unwrap().unwrap();
+        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        assert!(cache.check(&s, &t.digest()).unwrap().is_some());
+        s.remove_user("ann").unwrap();
+        assert!(cache.check(&s, &t.digest()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_check_that_raced_a_write_is_not_trusted_after_it() {
+        let (_d, s) = store();
+        let cache = TokenCache::new();
+        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
+        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        // A check that read the generation, then the store, before a revoke...
+        let before = s.generation();
+        let live = s.check(&t.digest()).unwrap().unwrap();
+        s.revoke(&t.digest()).unwrap();
+        // ...and was cached after it.
+        cache.insert(
+            t.digest(),
+            before,
+            Entry {
+                verified: Arc::new(Verified::new(live.identity)),
+                expires_at: None,
+                recheck_at: u64::MAX,
+            },
+        );
+        assert!(cache.check(&s, &t.digest()).unwrap().is_none());
+    }
+
+    #[test]
+    fn expired_tokens_leave_the_cache() {
+        let (_d, s) = store();
+        let cache = TokenCache::new();
+        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
+        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let verified = cache.check(&s, &t.digest()).unwrap().unwrap();
+        let now = crate::store::now();
+        cache.insert(
+            t.digest(),
+            s.generation(),
+            Entry {
+                verified,
+                expires_at: Some(now),
+                recheck_at: u64::MAX,
+            },
+        );
+        assert!(cache.get(&t.digest(), s.generation(), now - 1).is_some());
+        assert!(cache.get(&t.digest(), s.generation(), now).is_none());
+        // An entry made from the store carries the token's expiry.
+        let (short, _) = s
+            .issue_token(&user, Some(Duration::from_secs(60)), None)
+            .unwrap();
+        assert!(cache.check(&s, &short.digest()).unwrap().is_some());
+        let expires = s
+            .tokens(None)
+            .unwrap()
+            .iter()
+            .find_map(|t| t.record.expires_at)
+            .unwrap();
+        assert!(
+            cache
+                .get(&short.digest(), s.generation(), expires - 1)
+                .is_some()
+        );
+        assert!(
+            cache
+                .get(&short.digest(), s.generation(), expires)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn last_use_is_still_recorded_once_a_minute() {
+        let (_d, s) = store();
+        let cache = TokenCache::new();
+        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
+        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        cache.check(&s, &t.digest()).unwrap().unwrap();
+        let used = s.tokens(None).unwrap()[0].record.last_used_at.unwrap();
+        let generation = s.generation();
+        // A minute on, the cached entry sends the check back to the store.
+        assert!(
+            cache
+                .get(&t.digest(), generation, used + LAST_USED_GRANULARITY - 1)
+                .is_some()
+        );
+        assert!(
+            cache
+                .get(&t.digest(), generation, used + LAST_USED_GRANULARITY)
+                .is_none()
+        );
+    }
+}
