@@ -1,10 +1,13 @@
 //! Password hashing with argon2id. Hashing is CPU- and memory-heavy by
-//! design, so it runs on tokio's blocking pool behind a semaphore of one
-//! permit per core: a login flood queues here instead of starving the
-//! threads that proxy traffic.
+//! design, so it runs on its own threads, one per core, behind a semaphore
+//! of one permit per core, at a lower CPU priority (nice +10) than the
+//! threads that proxy traffic: a login flood queues here, and while the
+//! proxy is busy hashing gets what CPU is left (about a tenth when the
+//! cores are saturated) instead of half of it. The few long-lived threads
+//! also bound argon2's memory: each keeps at most one hash's worth.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Version};
@@ -58,11 +61,71 @@ pub enum PasswordError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Niceness of the hashing threads: CPU weight 110 against 1024 for the
+/// proxy's threads (nice 0).
+const HASHING_NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads. They end when the last `Hasher` clone (and so the
+/// sender) is dropped, e.g. after a reload.
+struct Pool {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Result<Self, PasswordError> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..threads {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name("tokengate-argon2".into())
+                .spawn(move || {
+                    // On Linux this names the calling thread only.
+                    let tid = rustix::thread::gettid();
+                    if let Err(e) = rustix::process::setpriority_process(Some(tid), HASHING_NICE) {
+                        tracing::debug!(error = %e, "cannot lower the hashing thread's priority");
+                    }
+                    loop {
+                        let job = {
+                            let receiver = receiver.lock().unwrap_or_else(|p| p.into_inner());
+                            receiver.recv()
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| PasswordError::Hash(format!("cannot start a hashing thread: {e}")))?;
+        }
+        Ok(Self { jobs: sender })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(f());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| PasswordError::Hash("the hashing threads have stopped".into()))?;
+        result
+            .await
+            .map_err(|_| PasswordError::Hash("a hashing thread failed".into()))
+    }
+}
+
 #[derive(Clone)]
 pub struct Hasher {
     params: argon2::Params,
     /// Bounds concurrent hashes to the number of cores.
     permits: Arc<Semaphore>,
+    pool: Arc<Pool>,
     /// A hash of a random password with the configured parameters: an unknown
     /// username is verified against it so it costs the same as a wrong password.
     dummy: Arc<str>,
@@ -78,6 +141,7 @@ impl Hasher {
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(cores)),
+            pool: Arc::new(Pool::new(cores)?),
             dummy: dummy.into(),
         })
     }
@@ -87,7 +151,8 @@ impl Hasher {
         let _permit = self.permits.acquire().await;
         let params = self.params.clone();
         let password = password.clone();
-        tokio::task::spawn_blocking(move || hash_blocking(&params, password.expose().as_bytes()))
+        self.pool
+            .run(move || hash_blocking(&params, password.expose().as_bytes()))
             .await?
     }
 
@@ -98,13 +163,15 @@ impl Hasher {
         let hash: Arc<str> = stored.map_or_else(|| self.dummy.clone(), Arc::from);
         let _permit = self.permits.acquire().await;
         let password = password.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            Argon2::default()
-                .verify_password(password.expose().as_bytes(), &*hash)
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let ok = self
+            .pool
+            .run(move || {
+                Argon2::default()
+                    .verify_password(password.expose().as_bytes(), &*hash)
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false);
         ok && known
     }
 
