@@ -670,3 +670,51 @@ async fn json_logs_are_one_object_per_line_with_access_fields() {
     assert!(access["upstream_us"].is_u64());
     assert!(!log.contains(&token));
 }
+
+/// Every password check allocates argon2's whole memory cost at once; the
+/// binary must hand it back, or each login grows the process for good and a
+/// login flood exhausts memory (it did: 19 MiB per login, for glibc's
+/// dynamic mmap threshold; see src/main.rs).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_taken_by_logins_is_given_back() {
+    let up = echo_upstream().await;
+    let env = Env::new(up.addr, "");
+    std::fs::write(
+        &env.config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\n[store]\npath = \"data\"\n\
+             [auth]\nargon2_memory = \"19MiB\"\nargon2_iterations = 1\n[throttle]\nenabled = false\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let out = env.with_stdin(&["user", "add", "dora", "--password-stdin"], "right\n");
+    assert!(out.status.success());
+    let server = Server::start(&env, &[]);
+    let rss_mib = || {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib / 1024
+    };
+    let before = rss_mib();
+    for round in 0..3 {
+        let logins: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(login(server.addr, "dora", "wrong")))
+            .collect();
+        for l in logins {
+            assert_eq!(l.await.unwrap().status, 401, "round {round}");
+        }
+        assert_eq!(login(server.addr, "dora", "right").await.status, 200);
+    }
+    let after = rss_mib();
+    // 15 logins of 19 MiB each; kept, they would add 285 MiB. At most two
+    // (one per core) may be mapped at once, and none once they are done.
+    assert!(
+        after < before + 40,
+        "resident memory grew from {before} MiB to {after} MiB over 15 logins"
+    );
+    server.stop();
+}
