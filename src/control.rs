@@ -263,13 +263,17 @@ pub fn bind(store_path: &Path) -> Result<UnixListener, ControlError> {
     };
     std::fs::set_permissions(store_path, std::fs::Permissions::from_mode(0o700))
         .map_err(bind_err)?;
-    match std::fs::remove_file(&path) {
+    // Bound under another name and renamed over any stale socket once it is
+    // 0600, so the socket never answers at its path with wider permissions.
+    let fresh = path.with_extension("sock.new");
+    match std::fs::remove_file(&fresh) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(bind_err(e)),
     }
-    let listener = UnixListener::bind(&path).map_err(bind_err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    let listener = UnixListener::bind(&fresh).map_err(bind_err)?;
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    std::fs::rename(&fresh, &path).map_err(bind_err)?;
     Ok(listener)
 }
 
