@@ -215,6 +215,7 @@ impl Gateway {
                 max_body: auth.max_login_body,
                 body_timeout: auth.login_body_timeout,
                 token_ttl: auth.token_ttl,
+                limited_delay: s.config.throttle.limited_delay,
             };
             let started = Instant::now();
             let result = login.handle(req).await;

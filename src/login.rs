@@ -40,6 +40,8 @@ pub struct Login<'a> {
     pub max_body: u64,
     pub body_timeout: Duration,
     pub token_ttl: Option<Duration>,
+    /// How long a limited login waits before its 429.
+    pub limited_delay: Duration,
 }
 
 impl Login<'_> {
@@ -59,7 +61,12 @@ impl Login<'_> {
         // Checked before any argon2 work, so a limited attacker costs nothing.
         if let Err((which, wait)) = self.throttle.check(client, &username, Instant::now()) {
             tracing::warn!(%client, user = %username, limited_by = ?which, retry_after_s = wait.as_secs(), "login limited");
-            return Err(LoginRejection::Limited(wait).into());
+            // A tarpit: a client flooding logins gets one answer per delay
+            // and connection, so the flood costs timers, not the CPU that
+            // authenticated traffic needs (and the log sees a line per delay).
+            let delay = self.limited_delay.min(wait);
+            tokio::time::sleep(delay).await;
+            return Err(LoginRejection::Limited(wait - delay).into());
         }
 
         let user = match self.store.user(&form.username) {

@@ -19,6 +19,9 @@ pub struct ThrottleConfig {
     pub ban: Duration,
     pub max_ban: Duration,
     pub max_tracked: usize,
+    /// How long a limited login waits for its 429: a flooding client then
+    /// costs a timer instead of a request's work each time.
+    pub limited_delay: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -208,6 +211,7 @@ mod tests {
             ban: Duration::from_secs(10),
             max_ban: Duration::from_secs(35),
             max_tracked: 1000,
+            limited_delay: Duration::ZERO,
         }
     }
 

@@ -110,3 +110,29 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// A banned client flooding logins waits `limited_delay` for each 429, so
+/// the flood costs timers rather than the CPU authenticated traffic needs;
+/// Retry-After counts from the answer.
+#[tokio::test]
+async fn limited_logins_wait_before_their_429() {
+    let up = echo_upstream().await;
+    let config =
+        format!("{LIMITS}limited_delay = \"600ms\"\n").replace("ban = \"1s\"", "ban = \"3s\"");
+    let gw = Gateway::start(up.addr, &config).await;
+    gw.add_user("carol", "right", &[]);
+    for _ in 0..3 {
+        assert_eq!(login(gw.addr, "carol", "wrong", None).await.status, 401);
+    }
+    let asked = std::time::Instant::now();
+    let r = login(gw.addr, "carol", "right", None).await;
+    let took = asked.elapsed();
+    assert_eq!(r.status, 429);
+    assert!(
+        took >= Duration::from_millis(600),
+        "answered after {took:?}"
+    );
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3).contains(&wait), "Retry-After {wait}");
+    gw.stop().await;
+}

@@ -685,6 +685,14 @@ impl Validator<'_> {
                 .filter(|n| (100..=10_000_000).contains(n))
                 .ok_or_else(|| "must be between 100 and 10000000".to_owned())
         });
+        let limited_delay = self.parse("throttle.limited_delay", &r.limited_delay, |d| {
+            let delay = parse_duration(d)?;
+            if delay > Duration::from_secs(60) {
+                Err("must be at most 60s".into())
+            } else {
+                Ok(delay)
+            }
+        });
         Some(ThrottleConfig {
             enabled: *r.enabled.get_ref(),
             max_failures: max_failures?,
@@ -692,6 +700,7 @@ impl Validator<'_> {
             ban: ban?,
             max_ban: max_ban?,
             max_tracked: max_tracked?,
+            limited_delay: limited_delay?,
         })
     }
 
@@ -862,6 +871,18 @@ mod tests {
             shown.contains("/etc/tg/tokengate.toml:2: key `server.listen`"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn limited_delay_defaults_to_a_second_and_is_bounded() {
+        let c = load("").unwrap();
+        assert_eq!(c.throttle.limited_delay, Duration::from_secs(1));
+        let c = load("[throttle]\nlimited_delay = \"0s\"\n").unwrap();
+        assert_eq!(c.throttle.limited_delay, Duration::ZERO);
+        let p = problems("[throttle]\nlimited_delay = \"2m\"\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "throttle.limited_delay");
+        assert!(p[0].message.contains("at most 60s"), "{}", p[0].message);
     }
 
     #[test]

@@ -174,6 +174,7 @@ pub struct RawThrottle {
     pub ban: Spanned<String>,
     pub max_ban: Spanned<String>,
     pub max_tracked: Spanned<u64>,
+    pub limited_delay: Spanned<String>,
 }
 
 impl Default for RawThrottle {
@@ -187,6 +188,7 @@ impl Default for RawThrottle {
             ban: s("5m"),
             max_ban: s("1h"),
             max_tracked: Spanned::new(0..0, 100_000),
+            limited_delay: s("1s"),
         }
     }
 }
