@@ -55,11 +55,13 @@ impl Login<'_> {
         let format = content_format(req.headers())?;
         let body = read_body(req, self.max_body, self.body_timeout).await?;
         let form = parse(format, &body)?;
-        let username = form.username.clone();
+        // What the log lines below carry: the name as sent when it could be
+        // a username, escaped otherwise, so a login cannot forge log lines.
+        let username = loggable(&form.username);
         let client = self.client;
 
         // Checked before any argon2 work, so a limited attacker costs nothing.
-        if let Err((which, wait)) = self.throttle.check(client, &username, Instant::now()) {
+        if let Err((which, wait)) = self.throttle.check(client, &form.username, Instant::now()) {
             tracing::warn!(%client, user = %username, limited_by = ?which, retry_after_s = wait.as_secs(), "login limited");
             // A tarpit: a client flooding logins gets one answer per delay
             // and connection, so the flood costs timers, not the CPU that
@@ -88,13 +90,13 @@ impl Login<'_> {
             Some(user) if verified && !user.disabled => user,
             _ => {
                 tracing::info!(%client, user = %username, "login failed");
-                if let Some(ban) = self.throttle.fail(client, &username, Instant::now()) {
+                if let Some(ban) = self.throttle.fail(client, &form.username, Instant::now()) {
                     tracing::warn!(%client, user = %username, ban_s = ban.as_secs(), "login ban started");
                 }
                 return Err(LoginRejection::BadCredentials.into());
             }
         };
-        self.throttle.succeed(&username);
+        self.throttle.succeed(&form.username);
 
         let store = self.store.clone();
         let ttl = self.token_ttl;
@@ -128,6 +130,27 @@ impl Login<'_> {
             .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         Ok((response, username))
     }
+}
+
+/// A username as it may appear in a log line. Names that no user can have
+/// (see `store::validate_username`) are escaped outside that character set
+/// and cut short: a name carrying a newline would otherwise write a forged
+/// line — `login failed client=<someone else>` — for fail2ban to act on.
+fn loggable(name: &str) -> String {
+    if crate::store::validate_username(name).is_ok() {
+        return name.to_owned();
+    }
+    let mut shown = String::with_capacity(name.len().min(64) + 2);
+    shown.push('"');
+    for c in name.chars().take(64) {
+        if c.is_ascii_alphanumeric() || "@.+-_".contains(c) {
+            shown.push(c);
+        } else {
+            shown.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        }
+    }
+    shown.push('"');
+    shown
 }
 
 fn content_format(headers: &HeaderMap) -> Result<Format, LoginRejection> {
@@ -284,6 +307,17 @@ impl<'de> serde::Deserialize<'de> for Entries {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn names_no_user_can_have_are_escaped_in_logs() {
+        assert_eq!(loggable("alice.b+c@example.com"), "alice.b+c@example.com");
+        let forged = "x\n2026-11-27T00:00:00Z  INFO login failed client=6.6.6.6 user=y";
+        let shown = loggable(forged);
+        assert!(!shown.contains(['\n', ' ', '\r']), "{shown}");
+        assert!(shown.starts_with("\"x\\u{a}2026"), "{shown}");
+        assert_eq!(loggable(&"é".repeat(500)).chars().count(), 2 + 64 * 6);
+    }
+
     use super::*;
 
     fn ok(format: Format, body: &str) -> (String, String) {
