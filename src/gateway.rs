@@ -11,6 +11,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use crate::accesslog::{self, Logged, Outcome, Pending};
 use crate::auth::{self, Credential};
 use crate::canonical::canonicalize;
 use crate::config::{Config, IpNet};
@@ -95,13 +96,6 @@ impl Peer {
     }
 }
 
-/// Per-request facts gathered for the access log.
-struct Outcome {
-    path: Option<String>,
-    user: Option<Arc<str>>,
-    upstream_us: Option<u64>,
-}
-
 impl Gateway {
     pub fn new(
         config: Arc<Config>,
@@ -166,32 +160,16 @@ impl Gateway {
         &self.store
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-        let start = Instant::now();
-        let method = req.method().clone();
-        let mut outcome = Outcome {
-            path: None,
-            user: None,
-            upstream_us: None,
-        };
-        let response = match self.route(req, peer, &mut outcome).await {
+    /// Answers one request and writes its access line once the response
+    /// body has ended (or the client has gone).
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Logged<Body>> {
+        let mut pending = Pending::new(req.method().clone(), peer.addr.ip());
+        let response = match self.route(req, peer, pending.outcome()).await {
             Ok(response) => response,
             Err(rejection) => rejection.into_response(),
         };
         self.metrics.response(response.status().as_u16());
-        tracing::info!(
-            target: "tokengate::access",
-            method = %method,
-            path = outcome.path.as_deref().unwrap_or("-"),
-            status = response.status().as_u16(),
-            user = outcome.user.as_deref().unwrap_or("-"),
-            client = %peer.ip.to_str().unwrap_or("-"),
-            latency_us = start.elapsed().as_micros() as u64,
-            upstream_us = outcome.upstream_us,
-            // Streamed bodies are not counted; this is what the response declared.
-            bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()),
-        );
-        response
+        pending.respond(response)
     }
 
     async fn route(
@@ -263,7 +241,7 @@ impl Gateway {
         let response = s.upstream.send(req).await;
         let elapsed = started.elapsed();
         self.metrics.upstream_latency.observe(elapsed);
-        outcome.upstream_us = Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+        outcome.upstream_us = Some(accesslog::micros(elapsed));
         let mut response = response?;
         if let Some((protocol, client)) = upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -15,6 +15,8 @@
 //! - [`upstream`]: the pooled client (http or https, names via [`resolve`]),
 //!   timeouts → 502/504; [`tunnel`] splices WebSocket upgrades
 //! - [`response`]: every rejection and the one function that renders it
+//! - [`accesslog`]: the line per request, written when the response body ends
+//!   (bytes actually sent) or the client goes away
 //!
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
 //! [`control`] (the local admin channel the CLI uses while the server runs),
@@ -25,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod admin;
 pub mod auth;
 pub mod backup;

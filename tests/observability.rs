@@ -1,5 +1,5 @@
 //! The admin listener: health, readiness and metrics after real traffic;
-//! `tokengate healthcheck` through the binary.
+//! `tokengate healthcheck` and the access log through the binary.
 
 mod common;
 
@@ -180,4 +180,241 @@ fn healthcheck_command_follows_the_running_gateway() {
         .unwrap();
     assert!(server.wait().unwrap().success());
     assert!(!check().status.success());
+}
+
+/// A `tokengate serve` child with JSON logs, its stderr kept line by line.
+struct Serve {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    /// `auth` is TOML for the `[auth]` section.
+    fn start(upstream: std::net::SocketAddr, auth: &str) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tokengate.toml");
+        let extra = format!("{auth}\n[log]\nformat = \"json\"\n");
+        std::fs::write(&config, config_text(&format!("http://{upstream}"), &extra)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .env_clear()
+            .current_dir(dir.path())
+            .args(["serve", "-c"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let kept = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if let Some(addr) = v["listen"].as_str().and_then(|a| a.parse().ok()) {
+                    let _ = tx.send(addr);
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("server did not start");
+        Serve {
+            child,
+            addr,
+            lines,
+            reader: Some(reader),
+            _dir: dir,
+        }
+    }
+
+    /// The access lines logged so far for `path`.
+    fn access(&self, path: &str) -> Vec<serde_json::Value> {
+        access_lines(&self.lines.lock().unwrap(), path)
+    }
+
+    /// Waits (up to 10 s) for the first access line for `path`.
+    async fn first_access(&self, path: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.access(path).into_iter().next() {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no access line for {path} in:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, wait for a clean exit, and return every line it logged.
+    fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn access_lines(lines: &[String], path: &str) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["target"] == "tokengate::access" && v["path"] == path)
+        .collect()
+}
+
+fn assert_timings(line: &serde_json::Value) {
+    let ttfb = line["ttfb_us"].as_u64().expect("ttfb_us");
+    let latency = line["latency_us"].as_u64().expect("latency_us");
+    assert!(ttfb <= latency, "ttfb after the end: {line}");
+}
+
+/// `bytes` is what went out, not what was declared: streamed (chunked)
+/// bodies over HTTP/1.1, HTTP/2 bodies without Content-Length, and the
+/// gateway's own answers alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_counts_the_body_bytes_sent() {
+    let up = echo_upstream().await;
+    let serve = Serve::start(up.addr, "public = [\"/big/**\"]");
+
+    let big = get(serve.addr, "/big/300000", None).await;
+    assert_eq!(big.status, 200);
+    assert_eq!(big.body.len(), 300_000);
+    assert!(
+        !big.headers.contains_key("content-length"),
+        "the upstream streams /big without a length"
+    );
+    let line = serve.first_access("/big/300000").await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], 300_000);
+    assert_eq!(line["complete"], true);
+    assert_eq!(line["method"], "GET");
+    assert!(line["upstream_us"].is_u64());
+    assert_timings(&line);
+
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{}/big/200000", serve.addr).parse().unwrap();
+    let r = h2.get(uri).await.unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert!(!r.headers().contains_key("content-length"));
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.len(), 200_000);
+    let line = serve.first_access("/big/200000").await;
+    assert_eq!(line["bytes"], 200_000);
+    assert_eq!(line["complete"], true);
+
+    let denied = get(serve.addr, "/private", None).await;
+    assert_eq!(denied.status, 401);
+    assert_eq!(
+        denied.headers["content-length"].to_str().unwrap(),
+        denied.body.len().to_string(),
+        "the body's size hint still reaches hyper"
+    );
+    let line = serve.first_access("/private").await;
+    assert_eq!(line["status"], 401);
+    assert_eq!(line["bytes"], denied.body.len());
+    assert_eq!(line["complete"], true);
+    assert_eq!(line["user"], "-");
+    assert!(line.get("upstream_us").is_none());
+    assert_timings(&line);
+
+    let lines = serve.stop();
+    for path in ["/big/300000", "/big/200000", "/private"] {
+        assert_eq!(access_lines(&lines, path).len(), 1, "one line for {path}");
+    }
+}
+
+/// A client that hangs up halfway through a download still gets its one
+/// line, marked incomplete, with the bytes that went out before it left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_leaving_mid_body_gets_one_incomplete_line() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOTAL: u64 = 64 << 20;
+    let up = echo_upstream().await;
+    let serve = Serve::start(up.addr, "public = [\"/big/**\"]");
+    let path = format!("/big/{TOTAL}");
+
+    let mut s = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 256 * 1024];
+    let mut read = 0;
+    while read < got.len() {
+        let n = s.read(&mut got[read..]).await.unwrap();
+        assert!(n > 0, "the gateway closed first");
+        read += n;
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+
+    let line = serve.first_access(&path).await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["complete"], false);
+    let bytes = line["bytes"].as_u64().unwrap();
+    assert!(bytes > 0 && bytes < TOTAL, "bytes = {bytes}");
+    assert_timings(&line);
+
+    let lines = serve.stop();
+    assert_eq!(access_lines(&lines, &path).len(), 1);
+}
+
+/// A client that hangs up while the upstream is still thinking: hyper drops
+/// the handler, and the line says 499 (nginx's "client closed request").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_leaving_before_the_response_head_is_logged_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let (up, seen) = recording_echo_upstream().await;
+    let serve = Serve::start(up.addr, "public = [\"/slow\"]");
+    let mut s = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.lock().unwrap().iter().any(|r| r == "GET /slow") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/slow never reached the upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(s);
+    let line = serve.first_access("/slow").await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["complete"], false);
+    assert_eq!(line["bytes"], 0);
+    assert!(line.get("ttfb_us").is_none(), "{line}");
+
+    let lines = serve.stop();
+    assert_eq!(access_lines(&lines, "/slow").len(), 1);
 }
