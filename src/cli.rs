@@ -196,6 +196,11 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Handlers first: until one exists, a SIGTERM or SIGHUP kills the
+        // process outright (a supervisor stopping a server that is starting).
+        let shutdown = shutdown_signal();
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
+        let reloader = reload_on_sighup(config.source.clone(), reload_tx);
         let store = Store::open(&config.store.path)?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
@@ -230,9 +235,8 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             gateway: listener,
             admin,
         };
-        let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(reload_on_sighup(config.source.clone(), reload_tx));
-        crate::run_with(listeners, config.clone(), store, Some(reloads), shutdown_signal()).await?;
+        tokio::spawn(reloader);
+        crate::run_with(listeners, config.clone(), store, Some(reloads), shutdown).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -240,39 +244,50 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
 
 /// Re-reads the config on each SIGHUP; a file that fails validation is
 /// logged with every problem and changes nothing.
-async fn reload_on_sighup(path: PathBuf, reloads: tokio::sync::mpsc::Sender<Config>) {
+/// The handler is installed on the call, the reloading runs when awaited.
+fn reload_on_sighup(
+    path: PathBuf,
+    reloads: tokio::sync::mpsc::Sender<Config>,
+) -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reloads are unavailable");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        tracing::info!(config = %path.display(), "SIGHUP received: reloading");
-        match Config::load(&path, |key| std::env::var(key).ok()) {
-            Ok(config) => {
-                if reloads.send(config).await.is_err() {
-                    return;
+    let hup = signal(SignalKind::hangup());
+    async move {
+        let Ok(mut hup) = hup else {
+            tracing::error!("cannot install the SIGHUP handler; reloads are unavailable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+            match Config::load(&path, |key| std::env::var(key).ok()) {
+                Ok(config) => {
+                    if reloads.send(config).await.is_err() {
+                        return;
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused; the previous configuration stays in force")
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the previous configuration stays in force")
+                }
             }
         }
     }
 }
 
-async fn shutdown_signal() {
+/// The handlers are installed on the call, the waiting is done when awaited.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
