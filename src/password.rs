@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Version};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Argon2Params;
 
@@ -103,13 +103,18 @@ impl Pool {
         Ok(Self { jobs: sender })
     }
 
+    /// Runs `f` on a hashing thread. The permit is held until `f` returns,
+    /// not until the caller stops waiting: a client that disconnects
+    /// mid-login cannot free its slot and queue another hash behind it.
     async fn run<T: Send + 'static>(
         &self,
+        permit: Option<OwnedSemaphorePermit>,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = done.send(f());
+            drop(permit);
         });
         self.jobs
             .send(job)
@@ -148,11 +153,13 @@ impl Hasher {
 
     pub async fn hash(&self, password: &Password) -> Result<String, PasswordError> {
         password.validate_new()?;
-        let _permit = self.permits.acquire().await;
+        let permit = self.permits.clone().acquire_owned().await.ok();
         let params = self.params.clone();
         let password = password.clone();
         self.pool
-            .run(move || hash_blocking(&params, password.expose().as_bytes()))
+            .run(permit, move || {
+                hash_blocking(&params, password.expose().as_bytes())
+            })
             .await?
     }
 
@@ -161,11 +168,11 @@ impl Hasher {
     pub async fn verify(&self, password: &Password, stored: Option<&str>) -> bool {
         let known = stored.is_some();
         let hash: Arc<str> = stored.map_or_else(|| self.dummy.clone(), Arc::from);
-        let _permit = self.permits.acquire().await;
+        let permit = self.permits.clone().acquire_owned().await.ok();
         let password = password.clone();
         let ok = self
             .pool
-            .run(move || {
+            .run(permit, move || {
                 Argon2::default()
                     .verify_password(password.expose().as_bytes(), &*hash)
                     .is_ok()
@@ -200,6 +207,29 @@ mod tests {
             parallelism: 1,
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_check_keeps_its_slot_until_its_hash_ends() {
+        // Slow enough (64 MiB, 3 passes) to be abandoned mid-hash.
+        let h = Hasher::new(Argon2Params {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        })
+        .unwrap();
+        let slots = h.permits.available_permits();
+        let pw = Password::new("guess".into());
+        let abandoned =
+            tokio::time::timeout(std::time::Duration::from_millis(1), h.verify(&pw, None)).await;
+        assert!(abandoned.is_err(), "the check finished within 1 ms");
+        assert_eq!(
+            h.permits.available_permits(),
+            slots - 1,
+            "the slot was freed while its hash still runs"
+        );
+        // It comes back once the hash is done.
+        let _ = h.permits.acquire_many(slots as u32).await.unwrap();
     }
 
     #[tokio::test]
