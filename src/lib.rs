@@ -151,7 +151,10 @@ async fn apply_reloads(mut reloads: Reloads, gateway: Arc<gateway::Gateway>) {
 }
 
 async fn purge_expired(store: store::Store) {
-    let mut every = tokio::time::interval(PURGE_INTERVAL);
+    // Not at startup: expired tokens are refused anyway, and a restart of a
+    // large store (a million tokens) need not read every one of them first.
+    let first = tokio::time::Instant::now() + PURGE_INTERVAL;
+    let mut every = tokio::time::interval_at(first, PURGE_INTERVAL);
     loop {
         every.tick().await;
         let store = store.clone();
