@@ -827,27 +827,38 @@ impl Store {
     }
 
     /// Deletes expired tokens; returns how many. They are already refused
-    /// at check time, this only reclaims space.
+    /// at check time, this only reclaims space. The scan runs outside the
+    /// write gate, so a backup never waits for it, and a sweep that finds
+    /// nothing writes nothing (the token cache keeps its checks).
     pub fn purge_expired(&self) -> Result<usize, StoreError> {
+        let now = now();
+        let mut expired = Vec::new();
+        for entry in self.handles()?.tokens.iter() {
+            let (key, value) = entry?;
+            let Ok(record) = serde_json::from_slice::<TokenRecord>(&value) else {
+                continue;
+            };
+            if record.expires_at.is_some_and(|at| at <= now) {
+                expired.push((key, value, record.user));
+            }
+        }
+        if expired.is_empty() {
+            return Ok(0);
+        }
         self.ready_for_write()?;
         let _gate = self.writing();
         let h = self.handles()?;
-        let now = now();
         self.wrote((|| {
             let mut purged = 0;
-            for entry in h.tokens.iter() {
-                let (key, value) = entry?;
-                let Ok(record) = serde_json::from_slice::<TokenRecord>(&value) else {
-                    continue;
-                };
-                if record.expires_at.is_some_and(|at| at <= now)
-                    && h.tokens
-                        .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
-                        .is_ok()
+            for (key, value, user) in expired {
+                // Only as it was read: a token changed since is left alone.
+                if h.tokens
+                    .compare_and_swap(&key, Some(value), None as Option<&[u8]>)?
+                    .is_ok()
                 {
                     if let Ok(digest) = <[u8; 32]>::try_from(key.as_ref()) {
                         h.user_tokens
-                            .remove(user_token_key(&record.user, &TokenDigest(digest)))?;
+                            .remove(user_token_key(&user, &TokenDigest(digest)))?;
                     }
                     purged += 1;
                 }
@@ -988,9 +999,20 @@ mod tests {
         let (t, _) = s.issue_token(&user, Some(Duration::ZERO), None).unwrap();
         let (live, _) = s.issue_token(&user, None, None).unwrap();
         assert_eq!(s.authenticate(&t.digest()).unwrap(), None);
+        let before = s.generation();
         assert_eq!(s.purge_expired().unwrap(), 1);
+        assert!(
+            s.generation() > before,
+            "a purge that removed a token is a write"
+        );
         assert_eq!(s.tokens(None).unwrap().len(), 1);
         assert!(s.authenticate(&live.digest()).unwrap().is_some());
+        // A sweep that finds nothing writes nothing: cached checks stay valid.
+        let before = s.generation();
+        assert_eq!(s.purge_expired().unwrap(), 0);
+        assert_eq!(s.generation(), before);
+        // The user's token index lost the purged token too: one is left to revoke.
+        assert_eq!(s.revoke_user_tokens("carol").unwrap(), 1);
     }
 
     #[test]
