@@ -931,15 +931,19 @@ fn user_prefix(name: &str) -> Vec<u8> {
     p
 }
 
+/// A store in a fresh temporary directory, for unit tests here and in
+/// the modules built on the store.
+#[cfg(test)]
+pub(crate) fn temporary() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    (dir, store)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::temporary as store;
     use super::*;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        (dir, store)
-    }
 
     #[test]
     fn token_lifecycle() {

@@ -142,11 +142,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        (dir, store)
-    }
+    use crate::store::temporary as store;
 
     fn name(v: Option<Arc<Verified>>) -> Option<String> {
         v.map(|v| v.identity.username.clone())
