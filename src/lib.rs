@@ -12,8 +12,9 @@
 //! - [`auth`]: `Authorization` header → [`store::Identity`], through [`tokencache`]
 //! - [`policy`]: public paths and `[[rules]]` roles, over [`pattern`]s
 //! - [`headers`]: pure header operations on forwarded requests and responses
-//! - [`upstream`]: the pooled client (http or https, names via [`resolve`]),
-//!   timeouts → 502/504; [`tunnel`] splices WebSocket upgrades
+//! - [`upstream`]: connects (http or https, names via [`resolve`]) and sends
+//!   over keep-alive connections from [`pool`], timeouts → 502/504;
+//!   [`tunnel`] splices WebSocket upgrades
 //! - [`response`]: every rejection and the one function that renders it
 //! - [`accesslog`]: the line per request, written when the response body ends
 //!   (bytes actually sent) or the client goes away
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod password;
 pub mod pattern;
 pub mod policy;
+pub mod pool;
 pub mod resolve;
 pub mod response;
 pub mod server;

@@ -6,10 +6,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 /// Either a body the gateway wrote or the upstream's, streamed untouched.
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, crate::pool::Returning>;
 
 /// Why a request was not forwarded, or failed on the way.
 #[derive(Debug)]

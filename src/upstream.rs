@@ -1,21 +1,21 @@
-//! The upstream: one pooled keep-alive client, and the send that turns its
-//! failures into 502 or 504. Bodies pass through untouched in both
-//! directions; nothing here buffers.
+//! The upstream: connecting (TCP, then TLS for `https`), sending over a
+//! pooled keep-alive connection, and turning failures into 502 or 504.
+//! Bodies pass through untouched in both directions; nothing here buffers.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::{Frame, Incoming};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
 use crate::headers;
+use crate::pool::{Pool, Sender};
 use crate::resolve::Resolver;
 use crate::response::{Body, Rejection};
 
@@ -51,8 +51,22 @@ impl hyper::body::Body for Outbound {
 type Connector = HttpsConnector<HttpConnector<Resolver>>;
 
 pub struct Upstream {
-    client: Client<Connector, Outbound>,
+    connector: Connector,
+    pool: Pool,
+    /// Where new connections go: scheme and authority, no path.
+    origin: Uri,
+    /// `Host` for requests that came without one (HTTP/1.0).
+    host: HeaderValue,
     config: UpstreamConfig,
+}
+
+/// Why an exchange with the upstream failed, for the log.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("cannot connect: {0}")]
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,18 +102,25 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .timer(TokioTimer::new())
-            .build(connector);
+        let origin = Uri::builder()
+            .scheme(config.scheme.clone())
+            .authority(config.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("a validated scheme and authority make a URI");
+        let host = HeaderValue::from_str(config.authority.as_str())
+            .expect("a validated authority is a valid header value");
         Ok(Self {
-            client,
+            connector,
+            pool: Pool::new(config.pool_idle_timeout),
+            origin,
+            host,
             config: config.clone(),
         })
     }
 
-    /// The upstream URI for a canonical `path` and the client's raw `query`.
+    /// The upstream request target (origin-form) for a canonical `path`
+    /// and the client's raw `query`.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
         let mut pq = String::with_capacity(
             self.config.base_path.len() + path.len() + 1 + query.map_or(0, str::len),
@@ -110,13 +131,8 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
-        let pq = PathAndQuery::try_from(pq)
-            .map_err(|_| Rejection::BadRequest("The request target is not valid."))?;
-        Uri::builder()
-            .scheme(self.config.scheme.clone())
-            .authority(self.config.authority.clone())
-            .path_and_query(pq)
-            .build()
+        PathAndQuery::try_from(pq)
+            .map(Uri::from)
             .map_err(|_| Rejection::BadRequest("The request target is not valid."))
     }
 
@@ -124,8 +140,11 @@ impl Upstream {
     pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
         // The pool speaks HTTP/1.1 upstream whatever the client spoke to us.
         *req.version_mut() = Version::HTTP_11;
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, self.host.clone());
+        }
         let req = req.map(Outbound);
-        let response = match tokio::time::timeout(self.config.timeout, self.client.request(req))
+        let (response, sender) = match tokio::time::timeout(self.config.timeout, self.exchange(req))
             .await
         {
             Err(_) => {
@@ -133,14 +152,60 @@ impl Upstream {
                 return Err(Rejection::UpstreamTimeout);
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
+                let connect = matches!(e, SendError::Connect(_));
+                tracing::warn!(error = %error_chain(&e), connect, "upstream request failed");
                 return Err(Rejection::UpstreamUnreachable);
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(exchanged)) => exchanged,
         };
         let (mut parts, body) = response.into_parts();
+        let mut body = self.pool.returning(body, sender);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            body.never_reuse();
+        }
         headers::remove_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Either::Right(body)))
+    }
+
+    /// One exchange up to the response head, on a pooled connection when
+    /// one is open. A request the pooled connection closed on before
+    /// sending it goes out again on the next (or a new) connection.
+    async fn exchange(
+        &self,
+        mut req: Request<Outbound>,
+    ) -> Result<(Response<Incoming>, Sender), SendError> {
+        loop {
+            let (mut sender, reused) = match self.pool.take().await {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// A new connection, driven by a task of its own until it closes.
+    async fn connect(&self) -> Result<Sender, SendError> {
+        use tower_service::Service;
+        let io = self
+            .connector
+            .clone()
+            .call(self.origin.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            // Upgrades: after a 101 the connection goes on as a tunnel.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 

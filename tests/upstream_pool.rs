@@ -1,0 +1,234 @@
+//! The gateway's upstream connections: reused across requests, never reused
+//! after a response was abandoned mid-body (the next client would read the
+//! rest of someone else's answer), replaced when the upstream closes them,
+//! and closed after `pool_idle_timeout`.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// An upstream that numbers its connections and says on which one each
+/// answer came: `conn=N path=P`. `/big` streams 4 MiB in 64 KiB frames
+/// (after the `conn=N|` prefix), `/close` answers with `Connection: close`.
+struct Counting {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+}
+
+type UpBody = BoxBody<Bytes, Infallible>;
+
+async fn counting_upstream() -> Counting {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (acc, opn) = (accepted.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
+            opn.fetch_add(1, Ordering::SeqCst);
+            let opn = opn.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(answer(id, req))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                opn.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Counting {
+        addr,
+        accepted,
+        open,
+    }
+}
+
+fn answer(id: usize, req: Request<Incoming>) -> Response<UpBody> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/big" => {
+            let head = std::iter::once(Bytes::from(format!("conn={id}|")));
+            let rest = (0..64).map(|_| Bytes::from(vec![b'x'; 64 * 1024]));
+            let frames = head
+                .chain(rest)
+                .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        }
+        "/close" => Response::builder()
+            .header("connection", "close")
+            .body(Full::new(Bytes::from(format!("conn={id} path={path}"))).boxed())
+            .unwrap(),
+        _ => Response::new(Full::new(Bytes::from(format!("conn={id} path={path}"))).boxed()),
+    }
+}
+
+async fn gateway(upstream: SocketAddr, idle_timeout: &str) -> (Gateway, String) {
+    let idle = format!("pool_idle_timeout = \"{idle_timeout}\"\n");
+    let gw = Gateway::start_edited(&format!("http://{upstream}"), "", |text| {
+        text.replacen("[upstream]\n", &format!("[upstream]\n{idle}"), 1)
+    })
+    .await;
+    gw.add_user("ann", "pw", &[]);
+    let token = gw.login("ann", "pw").await;
+    (gw, token)
+}
+
+/// The upstream connection number in an answer `conn=N…`.
+fn conn_of(reply: &Reply) -> usize {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let text = reply.text();
+    let digits: String = text
+        .strip_prefix("conn=")
+        .unwrap_or_else(|| panic!("not an upstream answer: {text}"))
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let up = counting_upstream().await;
+    let (gw, token) = gateway(up.addr, "90s").await;
+    let mut conns = Vec::new();
+    for i in 0..10 {
+        let r = get(gw.addr, &format!("/n/{i}"), Some(&token)).await;
+        assert_eq!(r.text(), format!("conn={} path=/n/{i}", conn_of(&r)));
+        conns.push(conn_of(&r));
+    }
+    assert!(conns.iter().all(|c| *c == conns[0]), "{conns:?}");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_answer_and_connections_are_kept() {
+    let up = counting_upstream().await;
+    let (gw, token) = gateway(up.addr, "90s").await;
+    for _ in 0..3 {
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let token = token.clone();
+                let addr = gw.addr;
+                tokio::spawn(async move {
+                    let r = get(addr, &format!("/c/{i}"), Some(&token)).await;
+                    assert_eq!(r.text(), format!("conn={} path=/c/{i}", conn_of(&r)));
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    // Three waves of 20: later waves reuse what the first opened.
+    let accepted = up.accepted.load(Ordering::SeqCst);
+    assert!(
+        accepted <= 20,
+        "{accepted} upstream connections for 20 at a time"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_abandoned_mid_body_never_reaches_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = counting_upstream().await;
+    let (gw, token) = gateway(up.addr, "90s").await;
+    let first = conn_of(&get(gw.addr, "/warm", Some(&token)).await);
+
+    // Read the head and a little of a 4 MiB answer, then hang up.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!("GET /big HTTP/1.1\r\nHost: gw\r\nAuthorization: Token {token}\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !String::from_utf8_lossy(&seen).contains('|') {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&seen).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains(&format!("conn={first}|")), "{head}");
+    drop(s);
+
+    // The abandoned connection is closed, not handed to the next request.
+    for i in 0..5 {
+        let r = get(gw.addr, &format!("/after/{i}"), Some(&token)).await;
+        assert_eq!(r.text(), format!("conn={} path=/after/{i}", conn_of(&r)));
+        assert_ne!(conn_of(&r), first, "reused the abandoned connection");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while up.open.load(Ordering::SeqCst) != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} upstream connections open, expected 1",
+            up.open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_read_whole_gives_its_connection_back() {
+    let up = counting_upstream().await;
+    let (gw, token) = gateway(up.addr, "90s").await;
+    let big = get(gw.addr, "/big", Some(&token)).await;
+    assert_eq!(big.body.len(), "conn=1|".len() + 4 * 1024 * 1024);
+    let next = get(gw.addr, "/small", Some(&token)).await;
+    assert_eq!(conn_of(&next), conn_of(&big));
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closes_is_replaced() {
+    let up = counting_upstream().await;
+    let (gw, token) = gateway(up.addr, "90s").await;
+    let closed = conn_of(&get(gw.addr, "/close", Some(&token)).await);
+    for i in 0..3 {
+        let r = get(gw.addr, &format!("/next/{i}"), Some(&token)).await;
+        assert_ne!(conn_of(&r), closed);
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_pool_idle_timeout() {
+    let up = counting_upstream().await;
+    let (gw, token) = gateway(up.addr, "300ms").await;
+    let r = get(gw.addr, "/once", Some(&token)).await;
+    conn_of(&r);
+    assert_eq!(up.open.load(Ordering::SeqCst), 1, "kept open after use");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while up.open.load(Ordering::SeqCst) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle connection still open 5 s after a 300 ms idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the next request simply opens a new one.
+    let again = get(gw.addr, "/again", Some(&token)).await;
+    assert_eq!(conn_of(&again), 2);
+    gw.stop().await;
+}
