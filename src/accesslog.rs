@@ -9,6 +9,14 @@
 //! response body, a [`Logged`] wrapper that counts data frames as hyper
 //! polls them. Nothing here allocates: the facts live inline in the guard
 //! and then in the body.
+//!
+//! The line is a `tracing` event, so any subscriber sees it; the process's
+//! own subscriber ([`subscriber`], in `layer`) formats it without going
+//! through tracing-subscriber's `fmt` layer, to the same bytes.
+
+mod layer;
+
+pub use layer::subscriber;
 
 use std::net::IpAddr;
 use std::pin::Pin;
