@@ -196,7 +196,8 @@ impl Gateway {
                 limited_delay: s.config.throttle.limited_delay,
             };
             let started = Instant::now();
-            let result = login.handle(req).await;
+            // Boxed: rare next to forwarding, and large (body reading, argon2).
+            let result = Box::pin(login.handle(req)).await;
             self.metrics.login_latency.observe(started.elapsed());
             self.metrics.login(match &result {
                 Ok(_) => LoginOutcome::Ok,

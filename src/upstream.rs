@@ -10,8 +10,10 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::{Frame, Incoming};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
 use crate::headers;
@@ -48,10 +50,10 @@ impl hyper::body::Body for Outbound {
     }
 }
 
-type Connector = HttpsConnector<HttpConnector<Resolver>>;
-
 pub struct Upstream {
-    connector: Connector,
+    tcp: HttpConnector<Resolver>,
+    /// For an `https` upstream: the TLS settings and the name to verify.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     pool: Pool,
     /// Where new connections go: scheme and authority, no path.
     origin: Uri,
@@ -85,23 +87,33 @@ pub enum UpstreamError {
     },
     #[error("cannot set up TLS to the upstream: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("upstream.url: {host} is not a name TLS can verify")]
+    ServerName { host: String },
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
         // Resolved in-process: getaddrinfo finds no service names in a static binary.
         let resolver = Resolver::system(config.connect_timeout);
-        let mut http = HttpConnector::new_with_resolver(resolver);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        // The TLS layer below decides per URI scheme.
-        http.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(client_tls(config)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let mut tcp = HttpConnector::new_with_resolver(resolver);
+        tcp.set_connect_timeout(Some(config.connect_timeout));
+        tcp.set_nodelay(true);
+        tcp.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        // Only the host and port are read from the URI; TLS is ours, below.
+        tcp.enforce_http(false);
+        let tls = if config.scheme == http::uri::Scheme::HTTPS {
+            let host = config.authority.host();
+            // An IPv6 literal comes bracketed in the authority.
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name =
+                ServerName::try_from(bare.to_owned()).map_err(|_| UpstreamError::ServerName {
+                    host: host.to_owned(),
+                })?;
+            let connector = TlsConnector::from(std::sync::Arc::new(client_tls(config)?));
+            Some((connector, name))
+        } else {
+            None
+        };
         let origin = Uri::builder()
             .scheme(config.scheme.clone())
             .authority(config.authority.clone())
@@ -111,7 +123,8 @@ impl Upstream {
         let host = HeaderValue::from_str(config.authority.as_str())
             .expect("a validated authority is a valid header value");
         Ok(Self {
-            connector,
+            tcp,
+            tls,
             pool: Pool::new(config.pool_idle_timeout),
             origin,
             host,
@@ -177,7 +190,9 @@ impl Upstream {
         loop {
             let (mut sender, reused) = match self.pool.take().await {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting is rare, and inline its state would be
+                // moved along with every request's future.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok((response, sender)),
@@ -189,24 +204,47 @@ impl Upstream {
         }
     }
 
-    /// A new connection, driven by a task of its own until it closes.
+    /// A new connection (TLS for `https`), driven by a task of its own
+    /// until it closes.
     async fn connect(&self) -> Result<Sender, SendError> {
         use tower_service::Service;
-        let io = self
-            .connector
+        let tcp = self
+            .tcp
             .clone()
             .call(self.origin.clone())
             .await
-            .map_err(SendError::Connect)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(async move {
-            // Upgrades: after a 101 the connection goes on as a tunnel.
-            if let Err(e) = conn.with_upgrades().await {
+            .map_err(|e| SendError::Connect(e.into()))?;
+        match &self.tls {
+            None => drive(tcp).await,
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp.into_inner())
+                    .await
+                    .map_err(|e| SendError::Connect(e.into()))?;
+                drive(TokioIo::new(tls)).await
+            }
+        }
+    }
+}
+
+/// Starts HTTP/1.1 on `io` and spawns the task that runs the connection.
+async fn drive<T>(io: T) -> Result<Sender, SendError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    // Upgrades: after a 101 the connection goes on as a tunnel. Polled by
+    // hand so that the task holds the connection once, not also a copy
+    // captured by an async block.
+    let mut conn = conn.with_upgrades();
+    tokio::spawn(std::future::poll_fn(move |cx| {
+        Pin::new(&mut conn).poll(cx).map(|result| {
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
-        });
-        Ok(sender)
-    }
+        })
+    }));
+    Ok(sender)
 }
 
 /// Web PKI roots, plus `ca_file` for upstreams with a private CA.
@@ -230,10 +268,13 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamE
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    // The pool speaks HTTP/1.1 only.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
