@@ -25,11 +25,16 @@ use tokio::net::TcpListener;
 /// (after the `conn=N|` prefix), `/close` answers with `Connection: close`.
 struct Counting {
     addr: SocketAddr,
+    /// `/hold` answers only once this many `/hold` requests are in at once.
+    hold: Arc<tokio::sync::Barrier>,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
 }
 
 type UpBody = BoxBody<Bytes, Infallible>;
+
+/// How many `/hold` requests the upstream waits for before answering any.
+const HOLDERS: usize = 60;
 
 async fn counting_upstream() -> Counting {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -37,14 +42,23 @@ async fn counting_upstream() -> Counting {
     let accepted = Arc::new(AtomicUsize::new(0));
     let open = Arc::new(AtomicUsize::new(0));
     let (acc, opn) = (accepted.clone(), open.clone());
+    let hold = Arc::new(tokio::sync::Barrier::new(HOLDERS));
+    let barrier = hold.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
             opn.fetch_add(1, Ordering::SeqCst);
             let opn = opn.clone();
+            let barrier = barrier.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(answer(id, req))
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let barrier = barrier.clone();
+                    async move {
+                        if req.uri().path() == "/hold" {
+                            barrier.wait().await;
+                        }
+                        Ok::<_, Infallible>(answer(id, req))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -55,6 +69,7 @@ async fn counting_upstream() -> Counting {
     });
     Counting {
         addr,
+        hold,
         accepted,
         open,
     }
@@ -230,5 +245,28 @@ async fn idle_upstream_connections_close_after_the_pool_idle_timeout() {
     // And the next request simply opens a new one.
     let again = get(gw.addr, "/again", Some(&token)).await;
     assert_eq!(conn_of(&again), 2);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn requests_that_hold_their_connections_each_get_one() {
+    // The pool limits idle connections, never busy ones: 60 requests the
+    // upstream answers only once all 60 are in (the way long polls behave)
+    // must all get through, within the 2 s timeout.
+    let up = counting_upstream().await;
+    let _ = &up.hold;
+    let (gw, token) = gateway(up.addr, "90s").await;
+    let tasks: Vec<_> = (0..HOLDERS)
+        .map(|_| {
+            let token = token.clone();
+            let addr = gw.addr;
+            tokio::spawn(async move { get(addr, "/hold", Some(&token)).await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), HOLDERS);
     gw.stop().await;
 }
