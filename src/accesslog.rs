@@ -18,7 +18,6 @@ mod layer;
 
 pub use layer::subscriber;
 
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -48,7 +47,8 @@ pub struct Outcome {
 #[derive(Debug)]
 struct Entry {
     method: Method,
-    client: IpAddr,
+    /// The peer's address, formatted once per connection.
+    client: Arc<str>,
     start: Instant,
     outcome: Outcome,
 }
@@ -95,7 +95,7 @@ pub struct Pending {
 
 impl Pending {
     /// Starts the clock for a request from `client`.
-    pub fn new(method: Method, client: IpAddr) -> Self {
+    pub fn new(method: Method, client: Arc<str>) -> Self {
         Self {
             entry: Some(Entry {
                 method,
@@ -258,7 +258,7 @@ mod tests {
     }
 
     fn pending(method: Method) -> Pending {
-        let mut p = Pending::new(method, "192.0.2.7".parse().unwrap());
+        let mut p = Pending::new(method, Arc::from("192.0.2.7"));
         p.outcome().path = Some("/p".into());
         p.outcome().user = Some("ann".into());
         p

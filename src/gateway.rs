@@ -84,14 +84,19 @@ pub struct Peer {
     /// `addr`'s IP as a header value for `X-Forwarded-For`, formatted once
     /// per connection rather than on every request.
     pub ip: HeaderValue,
+    /// The same text for the access log.
+    pub ip_text: Arc<str>,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
+        let ip = headers::ip_value(addr.ip());
+        let ip_text = Arc::from(ip.to_str().unwrap_or_default());
         Self {
             addr,
             proto,
-            ip: headers::ip_value(addr.ip()),
+            ip,
+            ip_text,
         }
     }
 }
@@ -163,7 +168,7 @@ impl Gateway {
     /// Answers one request and writes its access line once the response
     /// body has ended (or the client has gone).
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Logged<Body>> {
-        let mut pending = Pending::new(req.method().clone(), peer.addr.ip());
+        let mut pending = Pending::new(req.method().clone(), peer.ip_text.clone());
         let response = match self.route(req, peer, pending.outcome()).await {
             Ok(response) => response,
             Err(rejection) => rejection.into_response(),
@@ -231,13 +236,9 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        let mut req = req;
-        let upgrade =
-            tunnel::requested(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
-        let mut req = prepare(s, req, &path, identity.as_deref(), peer)?;
-        if let Some((protocol, _)) = &upgrade {
-            tunnel::restore_headers(req.headers_mut(), protocol.clone());
-        }
+        // One call, no rebinding: every `Request` local held across the
+        // await below is a 264-byte slot in each request's future.
+        let (req, upgrade) = prepare(s, req, &path, identity.as_deref(), peer)?;
         let started = Instant::now();
         let response = s.upstream.send(req).await;
         let elapsed = started.elapsed();
@@ -293,16 +294,22 @@ impl Gateway {
     }
 }
 
+/// A requested protocol switch: the `Upgrade` value and the client's side
+/// of the connection once hyper hands it over.
+type Upgrade = (HeaderValue, hyper::upgrade::OnUpgrade);
+
 /// Rewrites the request for the upstream: canonical path, no client
-/// claims or hop-by-hop headers, then the gateway's own headers.
+/// claims or hop-by-hop headers, then the gateway's own headers (and the
+/// upgrade headers back, for a protocol switch the gateway tunnels).
 fn prepare(
     s: &Settings,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     path: &str,
     identity: Option<&Verified>,
     peer: &Peer,
-) -> Result<Request<Incoming>, Rejection> {
+) -> Result<(Request<Incoming>, Option<Upgrade>), Rejection> {
     let auth = &s.config.auth;
+    let upgrade = tunnel::requested(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     // HTTP/2 carries the host in :authority, which hyper puts in the URI.
     let host = match parts.headers.get(header::HOST) {
@@ -354,7 +361,10 @@ fn prepare(
             .headers
             .insert(auth.roles_header.clone(), roles.clone());
     }
-    Ok(Request::from_parts(parts, body))
+    if let Some((protocol, _)) = &upgrade {
+        tunnel::restore_headers(&mut parts.headers, protocol.clone());
+    }
+    Ok((Request::from_parts(parts, body), upgrade))
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in

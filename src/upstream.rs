@@ -150,16 +150,9 @@ impl Upstream {
     }
 
     /// Sends a prepared request and streams the answer back.
-    pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
-        // The pool speaks HTTP/1.1 upstream whatever the client spoke to us.
-        *req.version_mut() = Version::HTTP_11;
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, self.host.clone());
-        }
-        let req = req.map(Outbound);
-        let (response, sender) = match tokio::time::timeout(self.config.timeout, self.exchange(req))
-            .await
-        {
+    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+        let exchange = self.exchange(self.outbound(req));
+        let (response, sender) = match tokio::time::timeout(self.config.timeout, exchange).await {
             Err(_) => {
                 tracing::warn!(timeout = ?self.config.timeout, "upstream sent no response headers in time");
                 return Err(Rejection::UpstreamTimeout);
@@ -178,6 +171,17 @@ impl Upstream {
         }
         headers::remove_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Either::Right(body)))
+    }
+
+    /// The request as it goes out: HTTP/1.1 (the pool speaks nothing
+    /// else, whatever the client spoke to us), a `Host` for HTTP/1.0
+    /// clients that sent none, trailers dropped.
+    fn outbound(&self, mut req: Request<Incoming>) -> Request<Outbound> {
+        *req.version_mut() = Version::HTTP_11;
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, self.host.clone());
+        }
+        req.map(Outbound)
     }
 
     /// One exchange up to the response head, on a pooled connection when

@@ -566,7 +566,7 @@ mod tests {
     fn entry(method: Method, client: &str, path: Option<&str>, user: Option<&str>) -> Entry {
         Entry {
             method,
-            client: client.parse().unwrap(),
+            client: Arc::from(client),
             start: Instant::now(),
             outcome: Outcome {
                 path: path.map(str::to_owned),
