@@ -106,11 +106,18 @@ impl Shared {
             .then(|| idle.conns.pop_front())
             .flatten();
         idle.conns.push_back((sender, now));
-        let start_reaper = !std::mem::replace(&mut idle.reaping, true);
+        // Outside a runtime (a body dropped as the process winds down)
+        // there is nothing to spawn on; the next put will try again.
+        let reaper_on = if idle.reaping {
+            None
+        } else {
+            tokio::runtime::Handle::try_current().ok()
+        };
+        idle.reaping |= reaper_on.is_some();
         drop(idle);
         drop(evicted);
-        if start_reaper {
-            spawn_reaper(Arc::downgrade(this), this.idle_timeout);
+        if let Some(runtime) = reaper_on {
+            spawn_reaper(&runtime, Arc::downgrade(this), this.idle_timeout);
         }
     }
 
@@ -133,9 +140,9 @@ impl Shared {
 
 /// Closes expired connections while the pool lives. One per pool, started
 /// with its first idle connection (inside the runtime, then, by design).
-fn spawn_reaper(shared: Weak<Shared>, idle_timeout: Duration) {
+fn spawn_reaper(runtime: &tokio::runtime::Handle, shared: Weak<Shared>, idle_timeout: Duration) {
     let period = (idle_timeout / 4).max(Duration::from_millis(100));
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
