@@ -169,10 +169,13 @@ impl Gateway {
     /// body has ended (or the client has gone).
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Logged<Body>> {
         let mut pending = Pending::new(req.method().clone(), peer.ip_text.clone());
+        // hyper drops this future when the client leaves before the head.
+        let unanswered = Unanswered(Some(&self.metrics));
         let response = match self.route(req, peer, pending.outcome()).await {
             Ok(response) => response,
             Err(rejection) => rejection.into_response(),
         };
+        unanswered.answered();
         self.metrics.response(response.status().as_u16());
         pending.respond(response)
     }
@@ -290,6 +293,23 @@ impl Gateway {
                 tracing::error!(error = %e, "logout task failed");
                 Err(Rejection::StoreUnavailable)
             }
+        }
+    }
+}
+
+/// Counts the request as abandoned if dropped before [`answered`](Self::answered).
+struct Unanswered<'a>(Option<&'a Metrics>);
+
+impl Unanswered<'_> {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.abandoned();
         }
     }
 }

@@ -115,6 +115,8 @@ pub struct Metrics {
     pub login_latency: Histogram,
     pub upstream_latency: Histogram,
     open_connections: AtomicI64,
+    /// Requests whose client left before the response head (logged as 499).
+    abandoned: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -132,6 +134,7 @@ impl Metrics {
             login_latency: Histogram::new(),
             upstream_latency: Histogram::new(),
             open_connections: AtomicI64::new(0),
+            abandoned: AtomicU64::new(0),
         }
     }
 
@@ -139,6 +142,11 @@ impl Metrics {
         if let Some(slot) = self.responses.get(usize::from(status)) {
             slot.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A request whose client went away before its response head.
+    pub fn abandoned(&self) {
+        self.abandoned.fetch_add(1, Relaxed);
     }
 
     pub fn auth(&self, outcome: AuthOutcome) {
@@ -167,6 +175,11 @@ impl Metrics {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP tokengate_requests_abandoned_total Requests whose client went away before the response head (logged as 499).\n# TYPE tokengate_requests_abandoned_total counter\ntokengate_requests_abandoned_total {}",
+            self.abandoned.load(Relaxed)
+        );
         out.push_str("# HELP tokengate_auth_total Authentication decisions on proxied paths, by outcome.\n# TYPE tokengate_auth_total counter\n");
         for outcome in AuthOutcome::ALL {
             let _ = writeln!(

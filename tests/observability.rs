@@ -418,3 +418,38 @@ async fn a_client_leaving_before_the_response_head_is_logged_as_499() {
     let lines = serve.stop();
     assert_eq!(access_lines(&lines, "/slow").len(), 1);
 }
+
+/// The same departure is counted in /metrics, and answered requests are not.
+#[tokio::test]
+async fn requests_abandoned_before_the_head_are_counted() {
+    use tokio::io::AsyncWriteExt;
+    let (up, seen) = recording_echo_upstream().await;
+    let g = start_with_admin(up.addr, "public = [\"/slow\", \"/fast\"]\n").await;
+    let abandoned = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("tokengate_requests_abandoned_total "))
+            .map(|n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!(get(g.gw, "/fast", None).await.status, 200);
+    let m = get(g.admin, "/metrics", None).await.text();
+    assert_eq!(abandoned(&m), Some(0), "{m}");
+
+    let mut s = tokio::net::TcpStream::connect(g.gw).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.lock().unwrap().iter().any(|r| r == "GET /slow") {
+        assert!(std::time::Instant::now() < deadline, "/slow never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(s);
+    loop {
+        let m = get(g.admin, "/metrics", None).await.text();
+        if abandoned(&m) == Some(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
