@@ -16,6 +16,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::gateway::{Gateway, Peer};
@@ -81,9 +82,9 @@ pub async fn serve(
         let builder = builder(&settings.config.server);
         let gateway = gateway.clone();
         let watcher = graceful.watcher();
-        // Each connection's futures are boxed on their own: the task then
-        // holds only the branch it takes (a plain connection does not carry
-        // a TLS handshake's state), which is what an idle connection costs.
+        // Each connection's future is boxed on its own: the task then holds
+        // only the branch it takes (a plain connection does not carry a TLS
+        // handshake's state), which is what an idle connection costs.
         tokio::spawn(async move {
             match &settings.tls {
                 None => {
@@ -92,21 +93,10 @@ pub async fn serve(
                     Box::pin(serve_connection(&builder, io, gateway, peer, watcher)).await;
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        settings.config.server.tls_handshake_timeout,
-                        acceptor.accept(stream),
-                    );
-                    match Box::pin(handshake).await {
-                        Ok(Ok(tls)) => {
-                            let peer = Peer::new(addr, "https");
-                            let io = TokioIo::new(tls);
-                            Box::pin(serve_connection(&builder, io, gateway, peer, watcher)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(client = %addr.ip(), error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(client = %addr.ip(), "TLS handshake timed out"),
-                    }
+                    let timeout = settings.config.server.tls_handshake_timeout;
+                    let tls =
+                        serve_tls(acceptor, timeout, stream, addr, &builder, gateway, watcher);
+                    Box::pin(tls).await;
                 }
             }
             drop(open);
@@ -132,6 +122,29 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The TLS handshake, within `timeout`, then the connection. A function of
+/// its own so that its locals (a TLS stream is over a kilobyte) live in its
+/// box, not in every plain connection's task.
+async fn serve_tls(
+    acceptor: &TlsAcceptor,
+    timeout: std::time::Duration,
+    stream: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    gateway: Arc<Gateway>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let peer = Peer::new(addr, "https");
+            let io = TokioIo::new(tls);
+            Box::pin(serve_connection(builder, io, gateway, peer, watcher)).await;
+        }
+        Ok(Err(e)) => tracing::debug!(client = %addr.ip(), error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %addr.ip(), "TLS handshake timed out"),
+    }
 }
 
 async fn serve_connection<I>(
