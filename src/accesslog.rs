@@ -223,35 +223,23 @@ impl<B> Drop for Logged<B> {
 
 #[cfg(test)]
 mod tests {
+    use super::layer::tests::Sink;
     use super::*;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
-    use std::sync::Mutex;
 
     /// Runs `f` with a JSON subscriber on this thread and returns the
     /// access lines it wrote.
     fn lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
-        #[derive(Clone, Default)]
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let sink = Sink::default();
-        let writer = sink.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
-            .with_writer(move || writer.clone())
+            .with_writer(sink.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, f);
-        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        out.lines()
+        sink.lines()
+            .iter()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .filter(|v| v["target"] == "tokengate::access")
             .collect()

@@ -521,7 +521,7 @@ impl fmt::Write for JsonEscaped<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::accesslog::{Entry, Outcome};
     use http::{Method, StatusCode};
@@ -535,9 +535,10 @@ mod tests {
         del\u{7f}/bell\u{7}/\u{8}\u{c}\u{1f}/é/日本/\u{200b}/e\u{301}/😀/\u{feff}/\u{85}";
     const USER: &str = "ann\"\\\u{8}\u{c}\u{1f}ü\u{2028}";
 
-    /// A `MakeWriter` that keeps everything written to it.
+    /// A `MakeWriter` that keeps everything written to it (the access
+    /// log's own tests use it too).
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    pub(in crate::accesslog) struct Sink(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -557,7 +558,7 @@ mod tests {
     }
 
     impl Sink {
-        fn lines(&self) -> Vec<String> {
+        pub(in crate::accesslog) fn lines(&self) -> Vec<String> {
             let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
             text.lines().map(str::to_owned).collect()
         }
