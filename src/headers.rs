@@ -64,23 +64,44 @@ pub fn same_header(a: &str, b: &str) -> bool {
 /// header names. Call before the gateway adds its own headers, so a client
 /// cannot use `Connection: X-Auth-User` to strip what the gateway sets.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` only count when `Connection` is there,
-    // and it is hop-by-hop itself: without any, there is nothing to do.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names marks the hop-by-hop headers present; only
+    // those are looked up again. Nearly every upstream response carries
+    // `Connection: keep-alive` and nothing else of the list, and removing
+    // all nine names blindly cost ten hash lookups per response.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // `Connection` is HOP_BY_HOP[0]. Options that are names on the list
+    // (`keep-alive`, `upgrade`, ...) go below anyway, so they are skipped
+    // before parsing: a parsed custom name allocates.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|option| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| option.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|option| HeaderName::from_bytes(option.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -188,6 +209,25 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn connection_options_in_any_case_name_headers_to_remove() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive , X-SECRET,close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("close", "2"),
+            ("x-kept", "3"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "3");
+        // `Connection` alone, the usual upstream response: only it goes.
+        let mut h = map(&[("connection", "keep-alive"), ("content-length", "5")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("content-length"));
     }
 
     #[test]
