@@ -10,39 +10,97 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::gateway::{Gateway, Peer};
 
-/// The protocol settings for one connection, from the config it was
-/// accepted under (so a reload applies to new connections).
-fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_size)
-        .max_headers(128);
-    // Limits that hold against rapid reset (CVE-2023-44487) and
-    // CONTINUATION floods: bounded streams, header list and pending resets.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(256)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-        .keep_alive_timeout(std::time::Duration::from_secs(20));
-    builder
+/// The protocol settings connections are served with, from the config they
+/// were accepted under (so a reload applies to new connections). Built once
+/// per config and shared, not copied into every connection's task.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// How long a new connection may stay silent before its first bytes.
+    first_bytes: Duration,
+}
+
+impl Protocols {
+    fn new(server: &ServerConfig) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_buf_size(server.max_header_size)
+            .max_headers(128);
+        // Limits that hold against rapid reset (CVE-2023-44487) and
+        // CONTINUATION floods: bounded streams, header list and pending resets.
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(64)
+            .max_local_error_reset_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Self {
+            http1,
+            http2,
+            first_bytes: server.header_read_timeout,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// h2c prior knowledge or HTTP/1, told by the first bytes. They are peeked,
+/// not read: hyper's HTTP/1 reader then starts on an empty buffer. Reading
+/// them first and handing them back (hyper-util's auto builder) made every
+/// HTTP/1 connection grow its read buffer from 8 to 16 KiB, for as long as
+/// it stayed open.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut head).await?;
+        if n == 0 || head[..n] != H2_PREFACE[..n] {
+            // Anything else, an empty connection included, is hyper's
+            // HTTP/1 parser's to answer or close.
+            return Ok(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Protocol::Http2);
+        }
+        // Part of the preface: peek returns at once while those bytes are
+        // queued, so wait before looking again; the caller's deadline
+        // bounds how long.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The protocol TLS negotiated: HTTP/2 is only spoken over TLS with ALPN
+/// `h2` (RFC 9113 §3.2); without ALPN, HTTP/1.1.
+fn negotiated<I>(tls: &tokio_rustls::server::TlsStream<I>) -> Protocol {
+    match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    }
 }
 
 /// Serves until `shutdown` resolves, then waits up to `shutdown_timeout` for
@@ -55,7 +113,13 @@ pub async fn serve(
     let initial = gateway.settings();
     // Permits are moved into each connection task and released on drop.
     let permits = Arc::new(Semaphore::new(initial.config.server.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Connections watch this to finish gracefully at shutdown; their
+    // permits coming back tells when all have.
+    let (stop, stopping) = watch::channel(());
+    let mut protocols = (
+        initial.clone(),
+        Arc::new(Protocols::new(&initial.config.server)),
+    );
     tokio::pin!(shutdown);
 
     loop {
@@ -79,23 +143,32 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let open = gateway.metrics().connection();
         let settings = gateway.settings();
-        let builder = builder(&settings.config.server);
+        if !Arc::ptr_eq(&settings, &protocols.0) {
+            protocols = (
+                settings.clone(),
+                Arc::new(Protocols::new(&settings.config.server)),
+            );
+        }
+        let protocols = protocols.1.clone();
         let gateway = gateway.clone();
-        let watcher = graceful.watcher();
+        let watcher = stopping.clone();
         // Each connection's future is boxed on its own: the task then holds
         // only the branch it takes (a plain connection does not carry a TLS
         // handshake's state), which is what an idle connection costs.
         tokio::spawn(async move {
             match &settings.tls {
-                None => {
-                    let peer = Peer::new(addr, "http");
-                    let io = TokioIo::new(stream);
-                    Box::pin(serve_connection(&builder, io, gateway, peer, watcher)).await;
-                }
+                None => Box::pin(serve_plain(&protocols, stream, addr, gateway, watcher)).await,
                 Some(acceptor) => {
                     let timeout = settings.config.server.tls_handshake_timeout;
-                    let tls =
-                        serve_tls(acceptor, timeout, stream, addr, &builder, gateway, watcher);
+                    let tls = serve_tls(
+                        acceptor.clone(),
+                        timeout,
+                        stream,
+                        addr,
+                        &protocols,
+                        gateway,
+                        watcher,
+                    );
                     Box::pin(tls).await;
                 }
             }
@@ -107,7 +180,9 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: no new connections; draining requests in flight");
     let timeout = gateway.settings().config.server.shutdown_timeout;
-    if tokio::time::timeout(timeout, graceful.shutdown())
+    let _ = stop.send(());
+    let all = u32::try_from(initial.config.server.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(timeout, permits.acquire_many(all))
         .await
         .is_err()
     {
@@ -124,35 +199,92 @@ pub async fn serve(
     Ok(())
 }
 
+/// A plain connection: h2c prior knowledge or HTTP/1, once its first bytes
+/// arrive within the header read timeout.
+async fn serve_plain(
+    protocols: &Protocols,
+    stream: TcpStream,
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    watcher: Stop,
+) {
+    let protocol = match tokio::time::timeout(protocols.first_bytes, sniff(&stream)).await {
+        Ok(Ok(protocol)) => protocol,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %addr.ip(), error = %e, "connection failed before a request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %addr.ip(), "no request within the header read timeout; closing");
+            return;
+        }
+    };
+    let peer = Peer::new(addr, "http");
+    serve_connection(
+        protocols,
+        protocol,
+        TokioIo::new(stream),
+        gateway,
+        peer,
+        watcher,
+    )
+    .await;
+}
+
 /// The TLS handshake, within `timeout`, then the connection. A function of
 /// its own so that its locals (a TLS stream is over a kilobyte) live in its
 /// box, not in every plain connection's task.
 async fn serve_tls(
-    acceptor: &TlsAcceptor,
-    timeout: std::time::Duration,
-    stream: tokio::net::TcpStream,
-    addr: std::net::SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+    stream: TcpStream,
+    addr: SocketAddr,
+    protocols: &Protocols,
     gateway: Arc<Gateway>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Stop,
 ) {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let peer = Peer::new(addr, "https");
+            let protocol = negotiated(&tls);
             let io = TokioIo::new(tls);
-            Box::pin(serve_connection(builder, io, gateway, peer, watcher)).await;
+            Box::pin(serve_connection(
+                protocols, protocol, io, gateway, peer, watcher,
+            ))
+            .await;
         }
         Ok(Err(e)) => tracing::debug!(client = %addr.ip(), error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(client = %addr.ip(), "TLS handshake timed out"),
     }
 }
 
+/// Drives a pinned connection to its end; once `stop` fires, asks it to
+/// finish what is in flight and close (HTTP/1: after the current response;
+/// HTTP/2: GOAWAY). A macro, not a generic function: rustc cannot prove
+/// such a function's future `Send` for hyper's HTTP/2 connection (a
+/// higher-ranked lifetime error).
+macro_rules! until_stopped {
+    ($conn:expr, $stop:expr) => {{
+        let mut conn = $conn;
+        let mut stop: Stop = $stop;
+        tokio::select! {
+            biased;
+            served = conn.as_mut() => served,
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 async fn serve_connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
+    protocols: &Protocols,
+    protocol: Protocol,
     io: TokioIo<I>,
     gateway: Arc<Gateway>,
     peer: Peer,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Stop,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -166,8 +298,83 @@ async fn serve_connection<I>(
         let peer = peer.clone();
         Box::pin(async move { Ok::<_, Infallible>(gateway.handle(req, &peer).await) })
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(conn).await {
+    let served = match protocol {
+        Protocol::Http1 => {
+            let conn = protocols
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades();
+            until_stopped!(std::pin::pin!(conn), watcher)
+        }
+        // Boxed: an HTTP/2 connection's state would otherwise widen every
+        // HTTP/1 connection's future to its size.
+        Protocol::Http2 => {
+            let conn = protocols.http2.serve_connection(io, service);
+            until_stopped!(Box::pin(conn), watcher)
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(%client, error = %e, "connection ended with an error");
+    }
+}
+
+/// The shutdown signal a connection watches: it changes once, when the
+/// listener closes (or is dropped with it).
+type Stop = watch::Receiver<()>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: the client end and the server's accepted end.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn the_h2_preface_picks_http2_and_anything_else_http1() {
+        for (sent, expected) in [
+            (H2_PREFACE, Protocol::Http2),
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], Protocol::Http1),
+            (&b"PRI * HTTP/1.1\r\n\r\nSM\r\n\r\n"[..], Protocol::Http1),
+            (&b"P"[..], Protocol::Http1),
+        ] {
+            let (mut client, server) = pair().await;
+            client.write_all(sent).await.unwrap();
+            if sent.len() == 1 {
+                // A lone byte that could begin the preface: the sniffer
+                // waits for more, and "PX" is not the preface.
+                client.write_all(b"X").await.unwrap();
+            }
+            assert_eq!(sniff(&server).await.unwrap(), expected, "{sent:?}");
+            // Peeked, not consumed: hyper reads the same bytes.
+            let mut buf = [0u8; 1];
+            assert_eq!(server.peek(&mut buf).await.unwrap(), 1);
+            assert_eq!(buf[0], sent[0]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_preface_split_across_writes_is_still_http2() {
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..5]).await.unwrap();
+        let sniffing = tokio::spawn(async move { sniff(&server).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        client.write_all(&H2_PREFACE[5..]).await.unwrap();
+        assert_eq!(sniffing.await.unwrap(), Protocol::Http2);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_goes_to_http1_to_be_closed() {
+        let (client, server) = pair().await;
+        drop(client);
+        assert_eq!(sniff(&server).await.unwrap(), Protocol::Http1);
     }
 }

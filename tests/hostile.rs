@@ -218,6 +218,39 @@ async fn header_read_deadline_closes_a_connection_that_never_finishes_its_header
 }
 
 #[tokio::test]
+async fn header_read_deadline_closes_a_connection_that_never_sends_a_byte() {
+    let up = echo_upstream().await;
+    let text = config_text(&format!("http://{}", up.addr), "").replacen(
+        "[server]\n",
+        "[server]\nheader_read_timeout = \"500ms\"\n",
+        1,
+    );
+    let (gw, _reload) = Gateway::start_text(&text, |_| {}).await;
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a silent connection open");
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    // A connection that speaks within the deadline is served as before.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn connections_past_the_limit_are_shed_and_the_rest_keep_working() {
     let up = echo_upstream().await;
     let text = config_text(&format!("http://{}", up.addr), "public = [\"/**\"]").replacen(
