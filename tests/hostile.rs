@@ -339,3 +339,54 @@ async fn method_override_headers_are_not_forwarded() {
     }
     gw.stop().await;
 }
+
+/// An upstream that answers `/KIB` with a response head of about that many
+/// KiB (one long header), then closes.
+async fn wide_head_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let kib: usize = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|path| path.trim_start_matches('/').parse().ok())
+                    .unwrap_or(0);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nX-Wide: {}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    "w".repeat(kib * 1024)
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_response_head_past_the_read_buffer_gets_502() {
+    let up = wide_head_upstream().await;
+    let gw = Gateway::start(up, "public = [\"/**\"]").await;
+    // Under the upstream read buffer (120 KiB): passed on whole.
+    let r = get(gw.addr, "/100", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("x-wide").map(|v| v.len()), Some(100 * 1024));
+    assert_eq!(r.text(), "ok");
+    // Past it: the gateway reads no further and answers for the upstream.
+    let r = get(gw.addr, "/200", None).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.headers.get("x-wide").is_none());
+    let r = get(gw.addr, "/1", None).await;
+    assert_eq!(r.status, 200);
+    gw.stop().await;
+}
