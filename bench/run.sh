@@ -340,9 +340,21 @@ function median(list,   a, n, i, j, t) {
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-function ratio(label, a, b) {
+# The CPU ratio round by round (rounds run side by side in time): its
+# spread shows how far the summed ratio can be trusted on this machine.
+function spread(name, a, b,   ka, kb, i, r, lo, hi) {
+    ka = name SUBSEP a; kb = name SUBSEP b
+    for (i = 1; i <= rounds[ka] && i <= rounds[kb]; i++) {
+        if (per[kb, i] <= 0) continue
+        r = per[ka, i] / per[kb, i]
+        if (lo == "" || r < lo) lo = r
+        if (hi == "" || r > hi) hi = r
+    }
+    return lo == "" ? "" : sprintf("CPU ratio by round %.2f-%.2f", lo, hi)
+}
+function ratio(name, label, a, b) {
     if (rps[a] > 0 && rps[b] > 0 && q50[b] > 0 && q99[b] > 0 && us[b] > 0 && mem[b] > 0)
-        printf "%-40s %-9s %8.2fx %7.2fx %7.2fx %7.2fx %8.2fx %7.2fx\n", "", label, rps[a] / rps[b], (mb[b] ? mb[a] / mb[b] : 0), q50[a] / q50[b], q99[a] / q99[b], us[a] / us[b], mem[a] / mem[b]
+        printf "%-40s %-9s %8.2fx %7.2fx %7.2fx %7.2fx %8.2fx %7.2fx %s\n", "", label, rps[a] / rps[b], (mb[b] ? mb[a] / mb[b] : 0), q50[a] / q50[b], q99[a] / q99[b], us[a] / us[b], mem[a] / mem[b], spread(name, a, b)
 }
 {
     # "scenario words... TARGET RESULT k=v ...": the target is the word before RESULT
@@ -356,6 +368,7 @@ function ratio(label, a, b) {
     cpu[key] += f["cpu"]; errs[key] += f["errors"]; non2xx[key] += f["non2xx"]
     p50[key] = p50[key] " " f["p50_us"]; p99[key] = p99[key] " " f["p99_us"]
     if (f["hwm_kb"] > hwm[key]) hwm[key] = f["hwm_kb"]
+    per[key, ++rounds[key]] = f["requests"] ? f["cpu"] / f["requests"] : 0
 }
 END {
     printf "%-40s %-9s %9s %8s %8s %8s %9s %8s %s\n", "scenario", "target", "req/s", "MiB/s", "p50 ms", "p99 ms", "CPU µs/r", "RSS MiB", "notes"
@@ -374,8 +387,8 @@ END {
             label = t == "tg-1k" ? "tg 1k" : t == "tg-big" ? "tg big" : t ~ /^tg/ ? "tokengate" : t
             printf "%-40s %-9s %9.0f %8.1f %8.2f %8.2f %9.1f %8.1f %s\n", name, label, rps[t], mb[t], q50[t], q99[t], us[t], mem[t], note
         }
-        ratio("tg/nginx", "tg", "nginx")
-        ratio("big/1k", "tg-big", "tg-1k")
+        ratio(name, "tg/nginx", "tg", "nginx")
+        ratio(name, "big/1k", "tg-big", "tg-1k")
     }
 }' "$RESULTS"
 
