@@ -5,10 +5,14 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+const HOP_BY_HOP_COUNT: usize = 9;
+// `remove_hop_by_hop` marks the ones present in a u16.
+const _: () = assert!(HOP_BY_HOP_COUNT <= 16);
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the non-standard ones proxies
 /// also treat as connection-scoped. Names, not strings: removing by
 /// `HeaderName` skips parsing the name on every request.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

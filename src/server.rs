@@ -181,6 +181,7 @@ pub async fn serve(
     tracing::info!("shutting down: no new connections; draining requests in flight");
     let timeout = gateway.settings().config.server.shutdown_timeout;
     let _ = stop.send(());
+    // Config bounds max_connections far below u32::MAX.
     let all = u32::try_from(initial.config.server.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(timeout, permits.acquire_many(all))
         .await
@@ -200,15 +201,23 @@ pub async fn serve(
 }
 
 /// A plain connection: h2c prior knowledge or HTTP/1, once its first bytes
-/// arrive within the header read timeout.
+/// arrive within the header read timeout. One still silent at shutdown has
+/// no request to finish and is closed at once.
 async fn serve_plain(
     protocols: &Protocols,
     stream: TcpStream,
     addr: SocketAddr,
     gateway: Arc<Gateway>,
-    watcher: Stop,
+    mut watcher: Stop,
 ) {
-    let protocol = match tokio::time::timeout(protocols.first_bytes, sniff(&stream)).await {
+    let sniffed = tokio::select! {
+        // Bytes already sent win over a shutdown signalled at the same
+        // time: their request is served, then the connection closes.
+        biased;
+        sniffed = tokio::time::timeout(protocols.first_bytes, sniff(&stream)) => sniffed,
+        _ = watcher.changed() => return,
+    };
+    let protocol = match sniffed {
         Ok(Ok(protocol)) => protocol,
         Ok(Err(e)) => {
             tracing::debug!(client = %addr.ip(), error = %e, "connection failed before a request");
@@ -231,9 +240,10 @@ async fn serve_plain(
     .await;
 }
 
-/// The TLS handshake, within `timeout`, then the connection. A function of
-/// its own so that its locals (a TLS stream is over a kilobyte) live in its
-/// box, not in every plain connection's task.
+/// The TLS handshake, within `timeout` and unless shutdown comes first,
+/// then the connection. A function of its own so that its locals (a TLS
+/// stream is over a kilobyte) live in its box, not in every plain
+/// connection's task.
 async fn serve_tls(
     acceptor: TlsAcceptor,
     timeout: Duration,
@@ -241,9 +251,14 @@ async fn serve_tls(
     addr: SocketAddr,
     protocols: &Protocols,
     gateway: Arc<Gateway>,
-    watcher: Stop,
+    mut watcher: Stop,
 ) {
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    let handshake = tokio::select! {
+        biased;
+        handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
+        _ = watcher.changed() => return,
+    };
+    match handshake {
         Ok(Ok(tls)) => {
             let peer = Peer::new(addr, "https");
             let protocol = negotiated(&tls);

@@ -17,6 +17,7 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokengate::store::Store;
 use tokengate::token::Token;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -231,6 +232,31 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
         .unwrap()
         .ok();
     drop(sender);
+}
+
+#[tokio::test]
+async fn a_connection_that_has_sent_nothing_does_not_hold_up_shutdown() {
+    // header_read_timeout is 10 s and shutdown_timeout 5 s: either would
+    // show as a wait.
+    let r = running("10s", "5s").await;
+    let mut silent = tokio::net::TcpStream::connect(r.gw.addr).await.unwrap();
+    // Let the gateway accept it and start waiting for its first bytes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let signalled = Instant::now();
+    r.stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(8), r.task)
+        .await
+        .expect("the gateway did not stop")
+        .expect("the gateway's run future failed");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "shutdown waited {:?} on a connection that sent nothing",
+        signalled.elapsed()
+    );
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the silent connection was left open");
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -42,6 +42,9 @@ pub struct Config {
     pub rules: Vec<Rule>,
 }
 
+/// The most `server.max_connections` may be.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -450,11 +453,13 @@ impl Validator<'_> {
                 _ => proxies = None,
             }
         }
+        // Bounded so that shutdown can wait for every connection's permit
+        // at once (a u32 count) and no file descriptor limit comes near it.
         let max_connections = self.parse("server.max_connections", &r.max_connections, |n| {
             usize::try_from(*n)
                 .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| "must be at least 1".to_owned())
+                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                .ok_or_else(|| format!("must be between 1 and {MAX_CONNECTIONS}"))
         });
         let header_read_timeout =
             self.parse("server.header_read_timeout", &r.header_read_timeout, |d| {
@@ -840,6 +845,18 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, Some(3));
         assert_eq!(p[0].key, "listen_port");
+    }
+
+    #[test]
+    fn max_connections_is_bounded_both_ways() {
+        for n in ["0", "1000001", "18446744073709551615"] {
+            let p = problems(&format!("[server]\nmax_connections = {n}\n"));
+            assert_eq!(p.len(), 1, "{n}: {p:?}");
+            assert_eq!(p[0].key, "server.max_connections");
+            assert_eq!(p[0].line, Some(2));
+        }
+        let c = load("[server]\nmax_connections = 1000000\n").unwrap();
+        assert_eq!(c.server.max_connections, MAX_CONNECTIONS);
     }
 
     #[test]
