@@ -197,15 +197,21 @@ async fn five_hundred_slowloris_connections_do_not_block_an_authenticated_client
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn header_read_deadline_closes_a_connection_that_never_finishes_its_headers() {
+/// A gateway in front of an echo upstream with `header_read_timeout` set.
+async fn with_header_read_timeout(timeout: &str) -> (EchoUpstream, Gateway) {
     let up = echo_upstream().await;
     let text = config_text(&format!("http://{}", up.addr), "").replacen(
         "[server]\n",
-        "[server]\nheader_read_timeout = \"500ms\"\n",
+        &format!("[server]\nheader_read_timeout = \"{timeout}\"\n"),
         1,
     );
     let (gw, _reload) = Gateway::start_text(&text, |_| {}).await;
+    (up, gw)
+}
+
+#[tokio::test]
+async fn header_read_deadline_closes_a_connection_that_never_finishes_its_headers() {
+    let (_up, gw) = with_header_read_timeout("500ms").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut buf = Vec::new();
@@ -219,13 +225,7 @@ async fn header_read_deadline_closes_a_connection_that_never_finishes_its_header
 
 #[tokio::test]
 async fn header_read_deadline_closes_a_connection_that_never_sends_a_byte() {
-    let up = echo_upstream().await;
-    let text = config_text(&format!("http://{}", up.addr), "").replacen(
-        "[server]\n",
-        "[server]\nheader_read_timeout = \"500ms\"\n",
-        1,
-    );
-    let (gw, _reload) = Gateway::start_text(&text, |_| {}).await;
+    let (_up, gw) = with_header_read_timeout("500ms").await;
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;

@@ -214,17 +214,7 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
     // The connection is now idle and kept alive by the client.
-    let signalled = Instant::now();
-    r.stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(3), r.task)
-        .await
-        .expect("an idle keep-alive connection held up shutdown")
-        .expect("the gateway's run future failed");
-    assert!(
-        signalled.elapsed() < Duration::from_secs(2),
-        "shutdown waited {:?} on an idle connection (shutdown_timeout 5s)",
-        signalled.elapsed()
-    );
+    stops_at_once(r.stop, r.task, "an idle keep-alive connection").await;
     // And the server closed it.
     tokio::time::timeout(Duration::from_secs(3), conn)
         .await
@@ -242,21 +232,27 @@ async fn a_connection_that_has_sent_nothing_does_not_hold_up_shutdown() {
     let mut silent = tokio::net::TcpStream::connect(r.gw.addr).await.unwrap();
     // Let the gateway accept it and start waiting for its first bytes.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let signalled = Instant::now();
-    r.stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(8), r.task)
-        .await
-        .expect("the gateway did not stop")
-        .expect("the gateway's run future failed");
-    assert!(
-        signalled.elapsed() < Duration::from_secs(2),
-        "shutdown waited {:?} on a connection that sent nothing",
-        signalled.elapsed()
-    );
+    stops_at_once(r.stop, r.task, "a connection that sent nothing").await;
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(3), silent.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the silent connection was left open");
     assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+}
+
+/// Signals shutdown and asserts the gateway stops well before its 5 s
+/// shutdown_timeout, though `what` is still open.
+async fn stops_at_once(stop: oneshot::Sender<()>, task: JoinHandle<()>, what: &str) {
+    let signalled = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(8), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what} kept the gateway from stopping"))
+        .expect("the gateway's run future failed");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "shutdown waited {:?} on {what}",
+        signalled.elapsed()
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
