@@ -7,10 +7,9 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
