@@ -84,7 +84,9 @@ pub struct Peer {
     /// `addr`'s IP as a header value for `X-Forwarded-For`, formatted once
     /// per connection rather than on every request.
     pub ip: HeaderValue,
-    /// The same text for the access log.
+    /// The same text for the access log: an `Arc<str>` is 16 bytes to a
+    /// `HeaderValue`'s 40 in the slot every HTTP/1 connection keeps for
+    /// its response (`accesslog::tests::the_wrapper_stays_small`).
     pub ip_text: Arc<str>,
 }
 

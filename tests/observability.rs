@@ -389,26 +389,36 @@ async fn a_client_leaving_mid_body_gets_one_incomplete_line() {
     assert_eq!(access_lines(&lines, &path).len(), 1);
 }
 
+/// Sends `GET path` on a connection of its own and closes it once the
+/// recording upstream has the request (the gateway is then waiting on it).
+async fn hang_up_once_upstream_has_it(
+    gw: std::net::SocketAddr,
+    path: &str,
+    seen: &std::sync::Mutex<Vec<String>>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let expected = format!("GET {path}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.lock().unwrap().contains(&expected) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never reached the upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// A client that hangs up while the upstream is still thinking: hyper drops
 /// the handler, and the line says 499 (nginx's "client closed request").
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_leaving_before_the_response_head_is_logged_as_499() {
-    use tokio::io::AsyncWriteExt;
     let (up, seen) = recording_echo_upstream().await;
     let serve = Serve::start(up.addr, "public = [\"/slow\"]");
-    let mut s = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
-    s.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !seen.lock().unwrap().iter().any(|r| r == "GET /slow") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/slow never reached the upstream"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    drop(s);
+    hang_up_once_upstream_has_it(serve.addr, "/slow", &seen).await;
     let line = serve.first_access("/slow").await;
     assert_eq!(line["status"], 499, "{line}");
     assert_eq!(line["complete"], false);
@@ -422,7 +432,6 @@ async fn a_client_leaving_before_the_response_head_is_logged_as_499() {
 /// The same departure is counted in /metrics, and answered requests are not.
 #[tokio::test]
 async fn requests_abandoned_before_the_head_are_counted() {
-    use tokio::io::AsyncWriteExt;
     let (up, seen) = recording_echo_upstream().await;
     let g = start_with_admin(up.addr, "public = [\"/slow\", \"/fast\"]\n").await;
     let abandoned = |text: &str| {
@@ -434,16 +443,8 @@ async fn requests_abandoned_before_the_head_are_counted() {
     let m = get(g.admin, "/metrics", None).await.text();
     assert_eq!(abandoned(&m), Some(0), "{m}");
 
-    let mut s = tokio::net::TcpStream::connect(g.gw).await.unwrap();
-    s.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .unwrap();
+    hang_up_once_upstream_has_it(g.gw, "/slow", &seen).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !seen.lock().unwrap().iter().any(|r| r == "GET /slow") {
-        assert!(std::time::Instant::now() < deadline, "/slow never arrived");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    drop(s);
     loop {
         let m = get(g.admin, "/metrics", None).await.text();
         if abandoned(&m) == Some(1) {
