@@ -3,8 +3,12 @@
 //! Each phase returns a typed outcome; `Rejection::into_response` is the
 //! only place a failure becomes an HTTP answer.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -167,62 +171,56 @@ impl Gateway {
         &self.store
     }
 
-    /// Answers one request and writes its access line once the response
-    /// body has ended (or the client has gone).
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Logged<Body>> {
+    /// Answers one request; its access line is written once the response
+    /// body has ended (or the client has gone). Everything up to the
+    /// upstream call runs here, at once: a request the gateway refuses
+    /// costs no future, and one it forwards carries only the state of the
+    /// exchange.
+    pub fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Answer {
         let mut pending = Pending::new(req.method().clone(), peer.ip_text.clone());
-        // hyper drops this future when the client leaves before the head.
-        let unanswered = Unanswered(Some(&self.metrics));
-        let response = match self.route(req, peer, pending.outcome()).await {
-            Ok(response) => response,
-            Err(rejection) => rejection.into_response(),
-        };
-        unanswered.answered();
+        let settings = self.settings.load_full();
+        match self.admit(&settings, req, peer, pending.outcome()) {
+            Err(rejection) => Answer::Ready(Some(self.respond(pending, rejection.into_response()))),
+            Ok(admitted) => {
+                let gateway = Arc::clone(self);
+                Answer::Waiting(Box::pin(async move {
+                    // hyper drops this future when the client leaves before the head.
+                    let unanswered = Unanswered(Some(&gateway.metrics));
+                    let response = gateway
+                        .complete(&settings, admitted, pending.outcome())
+                        .await
+                        .unwrap_or_else(Rejection::into_response);
+                    unanswered.answered();
+                    gateway.respond(pending, response)
+                }))
+            }
+        }
+    }
+
+    fn respond(&self, pending: Pending, response: Response<Body>) -> Response<Logged<Body>> {
         self.metrics.response(response.status().as_u16());
         pending.respond(response)
     }
 
-    async fn route(
+    /// The checks that need no waiting: target, authentication,
+    /// authorization, and the request rewritten for the upstream.
+    fn admit(
         &self,
+        s: &Settings,
         req: Request<Incoming>,
         peer: &Peer,
         outcome: &mut Outcome,
-    ) -> Result<Response<Body>, Rejection> {
+    ) -> Result<Admitted, Rejection> {
         let path = check_target(&req)?;
         outcome.path = Some(path.clone());
-        let settings = self.settings.load_full();
-        let s = &*settings;
         let auth = &s.config.auth;
-
         if path == auth.login_path {
-            let login = Login {
-                store: &self.store,
-                hasher: &s.hasher,
-                throttle: &self.throttle,
-                client: client_ip(peer, req.headers(), &s.config.server.trusted_proxies),
-                max_body: auth.max_login_body,
-                body_timeout: auth.login_body_timeout,
-                token_ttl: auth.token_ttl,
-                limited_delay: s.config.throttle.limited_delay,
-            };
-            let started = Instant::now();
-            // Boxed: rare next to forwarding, and large (body reading, argon2).
-            let result = Box::pin(login.handle(req)).await;
-            self.metrics.login_latency.observe(started.elapsed());
-            self.metrics.login(match &result {
-                Ok(_) => LoginOutcome::Ok,
-                Err(Rejection::StoreUnavailable) => LoginOutcome::Error,
-                Err(Rejection::Login(LoginRejection::Limited(_))) => LoginOutcome::Limited,
-                Err(_) => LoginOutcome::Failed,
-            });
-            let (response, user) = result?;
-            outcome.user = Some(Arc::from(user));
-            return Ok(response);
+            let client = client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
+            return Ok(Admitted::Login(req, client));
         }
         if path == auth.logout_path {
-            return self.logout(s, &req, outcome).await;
+            return Ok(Admitted::Logout(req));
         }
-
         let identity = if policy::is_public(&auth.public, &path) {
             self.metrics.auth(AuthOutcome::Public);
             None
@@ -241,21 +239,69 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        // One call, no rebinding: every `Request` local held across the
-        // await below is a 264-byte slot in each request's future.
         let (req, upgrade) = prepare(s, req, &path, identity.as_deref(), peer)?;
-        let started = Instant::now();
-        let response = s.upstream.send(req).await;
-        let elapsed = started.elapsed();
-        self.metrics.upstream_latency.observe(elapsed);
-        outcome.upstream_us = Some(accesslog::micros(elapsed));
-        let mut response = response?;
-        if let Some((protocol, client)) = upgrade
-            && response.status() == StatusCode::SWITCHING_PROTOCOLS
-        {
-            tunnel::splice(client, &mut response);
-            tunnel::restore_headers(response.headers_mut(), protocol);
+        Ok(Admitted::Forward(req, upgrade))
+    }
+
+    /// The part of a request that waits: on the upstream, or on the store
+    /// and argon2 for login and logout.
+    async fn complete(
+        &self,
+        s: &Settings,
+        admitted: Admitted,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        match admitted {
+            Admitted::Forward(req, upgrade) => {
+                let started = Instant::now();
+                let response = s.upstream.send(req).await;
+                let elapsed = started.elapsed();
+                self.metrics.upstream_latency.observe(elapsed);
+                outcome.upstream_us = Some(accesslog::micros(elapsed));
+                let mut response = response?;
+                if let Some((protocol, client)) = upgrade
+                    && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                {
+                    tunnel::splice(client, &mut response);
+                    tunnel::restore_headers(response.headers_mut(), protocol);
+                }
+                Ok(response)
+            }
+            // Boxed: rare next to forwarding, and large (body reading, argon2).
+            Admitted::Login(req, client) => Box::pin(self.login(s, req, client, outcome)).await,
+            Admitted::Logout(req) => self.logout(s, &req, outcome).await,
         }
+    }
+
+    async fn login(
+        &self,
+        s: &Settings,
+        req: Request<Incoming>,
+        client: IpAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        let auth = &s.config.auth;
+        let login = Login {
+            store: &self.store,
+            hasher: &s.hasher,
+            throttle: &self.throttle,
+            client,
+            max_body: auth.max_login_body,
+            body_timeout: auth.login_body_timeout,
+            token_ttl: auth.token_ttl,
+            limited_delay: s.config.throttle.limited_delay,
+        };
+        let started = Instant::now();
+        let result = login.handle(req).await;
+        self.metrics.login_latency.observe(started.elapsed());
+        self.metrics.login(match &result {
+            Ok(_) => LoginOutcome::Ok,
+            Err(Rejection::StoreUnavailable) => LoginOutcome::Error,
+            Err(Rejection::Login(LoginRejection::Limited(_))) => LoginOutcome::Limited,
+            Err(_) => LoginOutcome::Failed,
+        });
+        let (response, user) = result?;
+        outcome.user = Some(Arc::from(user));
         Ok(response)
     }
 
@@ -295,6 +341,40 @@ impl Gateway {
                 tracing::error!(error = %e, "logout task failed");
                 Err(Rejection::StoreUnavailable)
             }
+        }
+    }
+}
+
+/// What [`Gateway::admit`] lets through, with what the rest needs.
+enum Admitted {
+    Forward(Request<Incoming>, Option<Upgrade>),
+    /// With the client's address, for the login throttle.
+    Login(Request<Incoming>, IpAddr),
+    Logout(Request<Incoming>),
+}
+
+/// The answer to one request, as hyper's service future: ready at once
+/// when the gateway answers itself, else the exchange still to run.
+// A ready response stays inline: boxing it would be the very allocation
+// this type saves, and hyper keeps just one of these per connection.
+#[allow(clippy::large_enum_variant)]
+pub enum Answer {
+    /// `None` once taken.
+    Ready(Option<Response<Logged<Body>>>),
+    Waiting(Pin<Box<dyn Future<Output = Response<Logged<Body>>> + Send>>),
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Logged<Body>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Ready(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after its answer: there is nothing more.
+                None => Poll::Pending,
+            },
+            Answer::Waiting(exchange) => exchange.as_mut().poll(cx).map(Ok),
         }
     }
 }

@@ -5,10 +5,8 @@
 //! The entry point takes an already-bound listener and a shutdown future,
 //! so `main` owns sockets and signals and tests pass a port-0 listener.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -303,15 +301,9 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = peer.addr.ip();
-    let peer = Arc::new(peer);
     // hyper keeps a slot the size of this future in every connection for
-    // its whole life; boxed, an idle connection pays 16 bytes instead of
-    // the pipeline's few KiB, for one allocation per request.
-    let service = service_fn(move |req| -> Pin<Box<dyn Future<Output = _> + Send>> {
-        let gateway = gateway.clone();
-        let peer = peer.clone();
-        Box::pin(async move { Ok::<_, Infallible>(gateway.handle(req, &peer).await) })
-    });
+    // its whole life: an `Answer` is a response or a boxed exchange.
+    let service = service_fn(move |req| gateway.handle(req, &peer));
     let served = match protocol {
         Protocol::Http1 => {
             let conn = protocols
