@@ -11,8 +11,8 @@
 //! and then in the body.
 //!
 //! The line is a `tracing` event, so any subscriber sees it; the process's
-//! own subscriber ([`subscriber`], in `layer`) formats it without going
-//! through tracing-subscriber's `fmt` layer, to the same bytes.
+//! own subscriber ([`subscriber`], in `layer`) has it written straight from
+//! its facts instead, to the bytes tracing-subscriber's `fmt` would print.
 
 mod layer;
 
@@ -63,18 +63,33 @@ impl Entry {
             start,
             outcome,
         } = self;
-        tracing::info!(
-            target: "tokengate::access",
-            method = %method,
-            path = outcome.path.as_deref().unwrap_or("-"),
-            status = head.map_or(CLIENT_CLOSED, |(status, _)| status.as_u16()),
-            user = outcome.user.as_deref().unwrap_or("-"),
-            client = %client,
-            latency_us = micros(start.elapsed()),
-            ttfb_us = head.map(|(_, ttfb)| ttfb),
-            upstream_us = outcome.upstream_us,
+        let line = layer::Line {
+            method: &method,
+            path: outcome.path.as_deref().unwrap_or("-"),
+            status: head.map_or(CLIENT_CLOSED, |(status, _)| status.as_u16()),
+            user: outcome.user.as_deref().unwrap_or("-"),
+            client: &client,
+            latency_us: micros(start.elapsed()),
+            ttfb_us: head.map(|(_, ttfb)| ttfb),
+            upstream_us: outcome.upstream_us,
             bytes,
             complete,
+        };
+        if layer::write(&line) {
+            return;
+        }
+        tracing::info!(
+            target: "tokengate::access",
+            method = %line.method,
+            path = line.path,
+            status = line.status,
+            user = line.user,
+            client = %line.client,
+            latency_us = line.latency_us,
+            ttfb_us = line.ttfb_us,
+            upstream_us = line.upstream_us,
+            bytes = line.bytes,
+            complete = line.complete,
         );
     }
 }
