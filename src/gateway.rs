@@ -177,17 +177,24 @@ impl Gateway {
     /// costs no future, and one it forwards carries only the state of the
     /// exchange.
     pub fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Answer {
+        let mut req = req;
         let mut pending = Pending::new(req.method().clone(), peer.ip_text.clone());
         let settings = self.settings.load_full();
-        match self.admit(&settings, req, peer, pending.outcome()) {
-            Err(rejection) => Answer::Ready(Some(self.respond(pending, rejection.into_response()))),
+        match self.admit(&settings, &mut req, peer, pending.outcome()) {
+            Err(rejection) => {
+                // hyper parses the connection's next request into the
+                // response's header map: handing it the request's, with
+                // its room, saves growing a new one on both sides.
+                let response = rejection.into_response_with(std::mem::take(req.headers_mut()));
+                Answer::Ready(Some(self.respond(pending, response)))
+            }
             Ok(admitted) => {
                 let gateway = Arc::clone(self);
                 Answer::Waiting(Box::pin(async move {
                     // hyper drops this future when the client leaves before the head.
                     let unanswered = Unanswered(Some(&gateway.metrics));
                     let response = gateway
-                        .complete(&settings, admitted, pending.outcome())
+                        .complete(&settings, req, admitted, pending.outcome())
                         .await
                         .unwrap_or_else(Rejection::into_response);
                     unanswered.answered();
@@ -207,19 +214,19 @@ impl Gateway {
     fn admit(
         &self,
         s: &Settings,
-        req: Request<Incoming>,
+        req: &mut Request<Incoming>,
         peer: &Peer,
         outcome: &mut Outcome,
     ) -> Result<Admitted, Rejection> {
-        let path = check_target(&req)?;
+        let path = check_target(req)?;
         outcome.path = Some(path.clone());
         let auth = &s.config.auth;
         if path == auth.login_path {
             let client = client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
-            return Ok(Admitted::Login(req, client));
+            return Ok(Admitted::Login(client));
         }
         if path == auth.logout_path {
-            return Ok(Admitted::Logout(req));
+            return Ok(Admitted::Logout);
         }
         let identity = if policy::is_public(&auth.public, &path) {
             self.metrics.auth(AuthOutcome::Public);
@@ -239,8 +246,8 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        let (req, upgrade) = prepare(s, req, &path, identity.as_deref(), peer)?;
-        Ok(Admitted::Forward(req, upgrade))
+        let upgrade = prepare(s, req, &path, identity.as_deref(), peer)?;
+        Ok(Admitted::Forward(upgrade))
     }
 
     /// The part of a request that waits: on the upstream, or on the store
@@ -248,11 +255,12 @@ impl Gateway {
     async fn complete(
         &self,
         s: &Settings,
+        req: Request<Incoming>,
         admitted: Admitted,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
         match admitted {
-            Admitted::Forward(req, upgrade) => {
+            Admitted::Forward(upgrade) => {
                 let started = Instant::now();
                 let response = s.upstream.send(req).await;
                 let elapsed = started.elapsed();
@@ -268,8 +276,8 @@ impl Gateway {
                 Ok(response)
             }
             // Boxed: rare next to forwarding, and large (body reading, argon2).
-            Admitted::Login(req, client) => Box::pin(self.login(s, req, client, outcome)).await,
-            Admitted::Logout(req) => self.logout(s, &req, outcome).await,
+            Admitted::Login(client) => Box::pin(self.login(s, req, client, outcome)).await,
+            Admitted::Logout => self.logout(s, &req, outcome).await,
         }
     }
 
@@ -347,10 +355,11 @@ impl Gateway {
 
 /// What [`Gateway::admit`] lets through, with what the rest needs.
 enum Admitted {
-    Forward(Request<Incoming>, Option<Upgrade>),
+    /// The request is rewritten for the upstream.
+    Forward(Option<Upgrade>),
     /// With the client's address, for the login throttle.
-    Login(Request<Incoming>, IpAddr),
-    Logout(Request<Incoming>),
+    Login(IpAddr),
+    Logout,
 }
 
 /// The answer to one request, as hyper's service future: ready at once
@@ -405,23 +414,23 @@ type Upgrade = (HeaderValue, hyper::upgrade::OnUpgrade);
 /// upgrade headers back, for a protocol switch the gateway tunnels).
 fn prepare(
     s: &Settings,
-    mut req: Request<Incoming>,
+    req: &mut Request<Incoming>,
     path: &str,
     identity: Option<&Verified>,
     peer: &Peer,
-) -> Result<(Request<Incoming>, Option<Upgrade>), Rejection> {
+) -> Result<Option<Upgrade>, Rejection> {
     let auth = &s.config.auth;
-    let upgrade = tunnel::requested(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
-    let (mut parts, body) = req.into_parts();
+    let upgrade = tunnel::requested(req).map(|protocol| (protocol, hyper::upgrade::on(&mut *req)));
     // HTTP/2 carries the host in :authority, which hyper puts in the URI.
-    let host = match parts.headers.get(header::HOST) {
+    let host = match req.headers().get(header::HOST) {
         Some(host) => Some(host.clone()),
-        None => parts
-            .uri
+        None => req
+            .uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    parts.uri = s.upstream.uri_for(path, parts.uri.query())?;
+    *req.uri_mut() = s.upstream.uri_for(path, req.uri().query())?;
+    let headers = req.headers_mut();
     let trusted_chain = if s
         .config
         .server
@@ -429,22 +438,18 @@ fn prepare(
         .iter()
         .any(|net| net.contains(peer.addr.ip()))
     {
-        joined(&parts.headers, "x-forwarded-for")
+        joined(headers, "x-forwarded-for")
     } else {
         None
     };
-    headers::remove_hop_by_hop(&mut parts.headers);
-    headers::remove_client_claims(
-        &mut parts.headers,
-        &auth.identity_header,
-        &auth.roles_header,
-    );
+    headers::remove_hop_by_hop(headers);
+    headers::remove_client_claims(headers, &auth.identity_header, &auth.roles_header);
     // After hop-by-hop removal, so `Connection: Host` cannot drop it.
     if let Some(host) = &host {
-        parts.headers.insert(header::HOST, host.clone());
+        headers.insert(header::HOST, host.clone());
     }
     headers::set_forwarded(
-        &mut parts.headers,
+        headers,
         &Forwarded {
             client: &peer.ip,
             trusted_chain: trusted_chain.as_deref(),
@@ -456,17 +461,13 @@ fn prepare(
         let (Some(user), Some(roles)) = (&identity.user_value, &identity.roles_value) else {
             return Err(Rejection::InvalidToken);
         };
-        parts
-            .headers
-            .insert(auth.identity_header.clone(), user.clone());
-        parts
-            .headers
-            .insert(auth.roles_header.clone(), roles.clone());
+        headers.insert(auth.identity_header.clone(), user.clone());
+        headers.insert(auth.roles_header.clone(), roles.clone());
     }
     if let Some((protocol, _)) = &upgrade {
-        tunnel::restore_headers(&mut parts.headers, protocol.clone());
+        tunnel::restore_headers(headers, protocol.clone());
     }
-    Ok((Request::from_parts(parts, body), upgrade))
+    Ok(upgrade)
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 /// Either a body the gateway wrote or the upstream's, streamed untouched.
@@ -59,6 +59,12 @@ const REALM: HeaderValue = HeaderValue::from_static("Token realm=\"tokengate\"")
 
 impl Rejection {
     pub fn into_response(self) -> Response<Body> {
+        self.into_response_with(HeaderMap::new())
+    }
+
+    /// The response, its headers in `headers` (cleared first): a map with
+    /// room already, to save allocating one.
+    pub fn into_response_with(self, mut headers: HeaderMap) -> Response<Body> {
         use LoginRejection as L;
         use Rejection as R;
         let (status, body) = match &self {
@@ -117,8 +123,11 @@ impl Rejection {
                 detail!("Service temporarily unavailable; try again later."),
             ),
         };
-        let mut response = json_bytes(status, body);
-        let headers = response.headers_mut();
+        headers.clear();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         match self {
             R::NotProvided | R::InvalidToken | R::Login(L::BadCredentials) => {
                 headers.insert(header::WWW_AUTHENTICATE, REALM);
@@ -136,6 +145,9 @@ impl Rejection {
             }
             _ => {}
         }
+        let mut response = Response::new(Either::Left(Full::new(body)));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
         response
     }
 }
@@ -173,6 +185,32 @@ mod tests {
     async fn body_of(r: Response<Body>) -> serde_json::Value {
         let bytes = r.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn a_reused_header_map_keeps_none_of_its_headers() {
+        let mut request = HeaderMap::with_capacity(32);
+        request.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Token tg_secret"),
+        );
+        request.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        request.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        request.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let r = Rejection::InvalidToken.into_response_with(request);
+        let names: Vec<_> = r
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("content-type", HeaderValue::from_static("application/json")),
+                ("www-authenticate", REALM),
+            ]
+        );
+        assert!(r.headers().capacity() >= 32, "the map's room is kept");
     }
 
     #[tokio::test]
