@@ -37,7 +37,10 @@ impl Protocols {
             .timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(server.max_header_size)
-            .max_headers(128);
+            // hyper's own limit, and the most it parses in stack storage:
+            // past 100, every request head cost two heap allocations of a
+            // few KiB (as 128, two of the 401 path's ten mallocs).
+            .max_headers(100);
         // Limits that hold against rapid reset (CVE-2023-44487) and
         // CONTINUATION floods: bounded streams, header list and pending resets.
         let mut http2 = http2::Builder::new(TokioExecutor::new());

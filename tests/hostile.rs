@@ -141,6 +141,48 @@ async fn underscore_framing_lookalikes_are_not_forwarded() {
     gw.stop().await;
 }
 
+/// An upstream that takes heads of up to 300 fields and answers with how
+/// many it got.
+async fn wide_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let count = req.headers().len().to_string();
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(count))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .max_headers(300)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_head_of_more_than_100_header_fields_gets_431() {
+    let gw = Gateway::start(wide_upstream().await, "public = [\"/**\"]").await;
+    let request = |fields: usize| {
+        let mut head = String::from("GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for i in 2..fields {
+            head.push_str(&format!("X-Field-{i}: {i}\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    };
+    let reply = raw(gw.addr, request(100).as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    // Connection is hop-by-hop; X-Forwarded-For, -Proto and -Host are added.
+    assert_eq!(raw_body(&reply), "102");
+    let reply = raw(gw.addr, request(101).as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(raw_status(&reply), 431, "{reply}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn identity_headers_hidden_in_trailers_never_arrive() {
     let up = echo_upstream().await;
