@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::response::Rejection;
 use crate::store::Store;
-use crate::token::Token;
+use crate::token::{Token, TokenDigest};
 use crate::tokencache::{TokenCache, Verified};
 
 /// What the `Authorization` header offers.
@@ -20,7 +20,8 @@ pub enum Credential {
     /// Our scheme, but not a usable token: no key, extra words, duplicate
     /// headers, a bad checksum, non-ASCII bytes.
     Malformed,
-    Token(Token),
+    /// A well-formed token, as the digest the store knows it by.
+    Token(TokenDigest),
 }
 
 /// `schemes` are lower-cased, as in `AuthConfig`.
@@ -43,7 +44,7 @@ pub fn credential(headers: &HeaderMap, schemes: &[String]) -> Credential {
         return Credential::Missing;
     }
     match (words.next(), words.next()) {
-        (Some(key), None) => Token::parse(key).map_or(Credential::Malformed, Credential::Token),
+        (Some(key), None) => Token::digest_of(key).map_or(Credential::Malformed, Credential::Token),
         _ => Credential::Malformed,
     }
 }
@@ -55,12 +56,12 @@ pub fn authenticate(
     headers: &HeaderMap,
     schemes: &[String],
 ) -> Result<Arc<Verified>, Rejection> {
-    let token = match credential(headers, schemes) {
+    let digest = match credential(headers, schemes) {
         Credential::Missing => return Err(Rejection::NotProvided),
         Credential::Malformed => return Err(Rejection::InvalidToken),
-        Credential::Token(token) => token,
+        Credential::Token(digest) => digest,
     };
-    match cache.check(store, &token.digest()) {
+    match cache.check(store, &digest) {
         Ok(Some(identity)) => Ok(identity),
         Ok(None) => Err(Rejection::InvalidToken),
         Err(e) => {
@@ -92,7 +93,7 @@ mod tests {
         let t = Token::generate().unwrap();
         for scheme in ["Token", "token", "TOKEN", "Bearer", "bearer"] {
             let h = with(&[format!("{scheme} {}", t.expose()).as_bytes()]);
-            assert_eq!(credential(&h, &schemes()), Credential::Token(t.clone()));
+            assert_eq!(credential(&h, &schemes()), Credential::Token(t.digest()));
         }
     }
 

@@ -322,12 +322,11 @@ impl Gateway {
         if req.method() != Method::POST {
             return Err(Rejection::MethodNotAllowed { allow: "POST" });
         }
-        let token = match auth::credential(req.headers(), &s.config.auth.schemes) {
+        let digest = match auth::credential(req.headers(), &s.config.auth.schemes) {
             Credential::Missing => return Err(Rejection::NotProvided),
             Credential::Malformed => return Err(Rejection::InvalidToken),
-            Credential::Token(token) => token,
+            Credential::Token(digest) => digest,
         };
-        let digest = token.digest();
         let identity = auth::authenticate(
             &self.store,
             &self.tokens,

@@ -39,28 +39,39 @@ impl Token {
             }
         }
         let checksum = checksum(&token);
-        token.push_str(&checksum);
+        token.extend(checksum.iter().map(|b| char::from(*b)));
         Ok(Self(token))
     }
 
     /// Checks shape and checksum; `None` for anything that cannot be a token.
     pub fn parse(text: &str) -> Option<Self> {
+        Self::check(text).then(|| Self(text.to_owned()))
+    }
+
+    /// The digest of `text` if it is a well-formed token (shape and
+    /// checksum): what the store is asked about a presented token, with
+    /// no copy of the secret made.
+    pub fn digest_of(text: &str) -> Option<TokenDigest> {
+        Self::check(text).then(|| digest(text))
+    }
+
+    fn check(text: &str) -> bool {
         if text.len() != TOKEN_LEN || !text.starts_with(PREFIX) {
-            return None;
+            return false;
         }
         // All-ASCII is checked first so the split below is on a char boundary.
         if !text[PREFIX.len()..]
             .bytes()
             .all(|b| b.is_ascii_alphanumeric())
         {
-            return None;
+            return false;
         }
         let (body, sum) = text.split_at(PREFIX.len() + SECRET_LEN);
-        (checksum(body) == sum).then(|| Self(text.to_owned()))
+        checksum(body) == sum.as_bytes()
     }
 
     pub fn digest(&self) -> TokenDigest {
-        TokenDigest(Sha256::digest(self.0.as_bytes()).into())
+        digest(&self.0)
     }
 
     /// The secret itself, for the one response that hands it out.
@@ -69,7 +80,11 @@ impl Token {
     }
 }
 
-fn checksum(body: &str) -> String {
+fn digest(token: &str) -> TokenDigest {
+    TokenDigest(Sha256::digest(token.as_bytes()).into())
+}
+
+fn checksum(body: &str) -> [u8; CHECKSUM_LEN] {
     let hash = Sha256::digest(body.as_bytes());
     let mut n = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]);
     let mut out = [b'0'; CHECKSUM_LEN];
@@ -77,7 +92,7 @@ fn checksum(body: &str) -> String {
         *slot = ALPHABET[(n % 62) as usize];
         n /= 62;
     }
-    out.iter().map(|b| *b as char).collect()
+    out
 }
 
 impl TokenDigest {
@@ -124,6 +139,7 @@ mod tests {
         assert_eq!(a.expose().len(), TOKEN_LEN);
         assert!(a.expose().starts_with("tg_"));
         assert_eq!(Token::parse(a.expose()), Some(a.clone()));
+        assert_eq!(Token::digest_of(a.expose()), Some(a.digest()));
         assert_ne!(a.digest(), b.digest());
     }
 
@@ -134,6 +150,7 @@ mod tests {
         bytes[10] = if bytes[10] == b'a' { b'b' } else { b'a' };
         let typo = String::from_utf8(bytes).unwrap();
         assert_eq!(Token::parse(&typo), None);
+        assert_eq!(Token::digest_of(&typo), None);
         assert_eq!(Token::parse(&t.expose()[..TOKEN_LEN - 1]), None);
         assert_eq!(Token::parse(""), None);
         assert_eq!(Token::parse(&"tg_".repeat(20)[..TOKEN_LEN]), None);
