@@ -44,9 +44,21 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
         return Err(PathError::NotOriginForm);
     }
     let mut out = String::with_capacity(raw.len());
+    // Runs of bytes that stay as they are are copied whole: most paths
+    // are one such run.
+    let mut run = 0;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if is_path_char(b) {
+            i += 1;
+            continue;
+        }
+        // A run is ASCII, so both its ends are char boundaries; the bytes
+        // of a non-ASCII character are escaped one by one, never sliced.
+        if run < i {
+            out.push_str(&raw[run..i]);
+        }
         match b {
             b'%' => {
                 let (Some(hi), Some(lo)) = (
@@ -63,24 +75,27 @@ pub fn canonicalize(raw: &str) -> Result<String, PathError> {
                     _ => push_escape(&mut out, decoded),
                 }
                 i += 3;
-                continue;
             }
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::Semicolon),
             0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
-            _ if is_path_char(b) => out.push(b as char),
             // Non-ASCII, spaces, quotes and the like: one escaped spelling.
-            _ => push_escape(&mut out, b),
+            _ => {
+                push_escape(&mut out, b);
+                i += 1;
+            }
         }
-        i += 1;
+        run = i;
     }
-    let segments: Vec<&str> = out[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (index, segment) in segments.iter().enumerate() {
-        match *segment {
+    if run < bytes.len() {
+        out.push_str(&raw[run..]);
+    }
+    let mut segments = out[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        match segment {
             "." | ".." => return Err(PathError::DotSegment),
             // A trailing slash is a distinct, unambiguous resource.
-            "" if index != last => return Err(PathError::EmptySegment),
+            "" if segments.peek().is_some() => return Err(PathError::EmptySegment),
             _ => {}
         }
     }

@@ -218,8 +218,7 @@ impl Gateway {
         peer: &Peer,
         outcome: &mut Outcome,
     ) -> Result<Admitted, Rejection> {
-        let path = check_target(req)?;
-        outcome.path = Some(path.clone());
+        let path: &str = outcome.path.insert(check_target(req)?);
         let auth = &s.config.auth;
         if path == auth.login_path {
             let client = client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
@@ -228,7 +227,7 @@ impl Gateway {
         if path == auth.logout_path {
             return Ok(Admitted::Logout);
         }
-        let identity = if policy::is_public(&auth.public, &path) {
+        let identity = if policy::is_public(&auth.public, path) {
             self.metrics.auth(AuthOutcome::Public);
             None
         } else {
@@ -241,12 +240,12 @@ impl Gateway {
                         })
                     })?;
             outcome.user = Some(identity.username.clone());
-            policy::authorize(&s.config.rules, &path, &identity.identity)
+            policy::authorize(&s.config.rules, path, &identity.identity)
                 .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        let upgrade = prepare(s, req, &path, identity.as_deref(), peer)?;
+        let upgrade = prepare(s, req, path, identity.as_deref(), peer)?;
         Ok(Admitted::Forward(upgrade))
     }
 
