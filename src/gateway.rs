@@ -427,7 +427,7 @@ fn prepare(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    *req.uri_mut() = s.upstream.uri_for(path, req.uri().query())?;
+    *req.uri_mut() = s.upstream.uri_for(req.uri(), path)?;
     let headers = req.headers_mut();
     let trusted_chain = if s
         .config

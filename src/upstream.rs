@@ -132,9 +132,17 @@ impl Upstream {
         })
     }
 
-    /// The upstream request target (origin-form) for a canonical `path`
-    /// and the client's raw `query`.
-    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+    /// The upstream request target (origin-form) for the canonical `path`
+    /// of the client's `uri`, with the client's raw query.
+    pub fn uri_for(&self, uri: &Uri, path: &str) -> Result<Uri, Rejection> {
+        // Already canonical, no base path: the client's own bytes, shared.
+        if self.config.base_path.is_empty()
+            && uri.path() == path
+            && let Some(pq) = uri.path_and_query()
+        {
+            return Ok(Uri::from(pq.clone()));
+        }
+        let query = uri.query();
         let mut pq = String::with_capacity(
             self.config.base_path.len() + path.len() + 1 + query.map_or(0, str::len),
         );
