@@ -31,6 +31,7 @@ use crate::tokencache::{TokenCache, Verified};
 use crate::tunnel;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use tokio_rustls::TlsAcceptor;
 
 /// Everything a request needs. The config-derived part is swapped whole on
@@ -49,7 +50,7 @@ pub struct Gateway {
 pub struct Settings {
     pub config: Arc<Config>,
     hasher: Hasher,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     /// `Some` when the gateway terminates TLS.
     pub tls: Option<TlsAcceptor>,
 }
@@ -68,7 +69,7 @@ impl Settings {
     pub fn new(config: Arc<Config>) -> Result<Self, SettingsError> {
         Ok(Self {
             hasher: Hasher::new(config.auth.argon2)?,
-            upstream: Upstream::new(&config.upstream)?,
+            upstream: Arc::new(Upstream::new(&config.upstream)?),
             tls: config
                 .server
                 .tls
@@ -188,13 +189,25 @@ impl Gateway {
                 let response = rejection.into_response_with(std::mem::take(req.headers_mut()));
                 Answer::Ready(Some(self.respond(pending, response)))
             }
-            Ok(admitted) => {
+            Ok(Admitted::Forward(upgrade)) => {
+                // hyper drops this future when the client leaves before the head.
+                let unanswered = Unanswered(Some(Arc::clone(&self.metrics)));
+                let gateway = Arc::clone(self);
+                let started = Instant::now();
+                // A closure over the exchange, not an async block: that
+                // would keep its captures, the request among them, beside
+                // the exchange's own copy, and the box would be twice the size.
+                let exchange = settings.upstream.send(req).map(move |response| {
+                    gateway.forwarded(response, started, upgrade, pending, unanswered)
+                });
+                Answer::Waiting(Box::pin(exchange))
+            }
+            Ok(Admitted::Local(local)) => {
                 let gateway = Arc::clone(self);
                 Answer::Waiting(Box::pin(async move {
-                    // hyper drops this future when the client leaves before the head.
-                    let unanswered = Unanswered(Some(&gateway.metrics));
+                    let unanswered = Unanswered(Some(Arc::clone(&gateway.metrics)));
                     let response = gateway
-                        .complete(&settings, req, admitted, pending.outcome())
+                        .local(&settings, req, local, pending.outcome())
                         .await
                         .unwrap_or_else(Rejection::into_response);
                     unanswered.answered();
@@ -202,6 +215,34 @@ impl Gateway {
                 }))
             }
         }
+    }
+
+    /// The upstream's answer to a forwarded request, on its way back.
+    fn forwarded(
+        &self,
+        response: Result<Response<Body>, Rejection>,
+        started: Instant,
+        upgrade: Option<Upgrade>,
+        mut pending: Pending,
+        unanswered: Unanswered,
+    ) -> Response<Logged<Body>> {
+        let elapsed = started.elapsed();
+        self.metrics.upstream_latency.observe(elapsed);
+        pending.outcome().upstream_us = Some(accesslog::micros(elapsed));
+        let response = match response {
+            Ok(mut response) => {
+                if let Some((protocol, client)) = upgrade
+                    && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                {
+                    tunnel::splice(client, &mut response);
+                    tunnel::restore_headers(response.headers_mut(), protocol);
+                }
+                response
+            }
+            Err(rejection) => rejection.into_response(),
+        };
+        unanswered.answered();
+        self.respond(pending, response)
     }
 
     fn respond(&self, pending: Pending, response: Response<Body>) -> Response<Logged<Body>> {
@@ -222,10 +263,10 @@ impl Gateway {
         let auth = &s.config.auth;
         if path == auth.login_path {
             let client = client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
-            return Ok(Admitted::Login(client));
+            return Ok(Admitted::Local(Local::Login(client)));
         }
         if path == auth.logout_path {
-            return Ok(Admitted::Logout);
+            return Ok(Admitted::Local(Local::Logout));
         }
         let identity = if policy::is_public(&auth.public, path) {
             self.metrics.auth(AuthOutcome::Public);
@@ -249,34 +290,19 @@ impl Gateway {
         Ok(Admitted::Forward(upgrade))
     }
 
-    /// The part of a request that waits: on the upstream, or on the store
-    /// and argon2 for login and logout.
-    async fn complete(
+    /// Login and logout: answered by the gateway, after waiting on the
+    /// store and argon2.
+    async fn local(
         &self,
         s: &Settings,
         req: Request<Incoming>,
-        admitted: Admitted,
+        local: Local,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
-        match admitted {
-            Admitted::Forward(upgrade) => {
-                let started = Instant::now();
-                let response = s.upstream.send(req).await;
-                let elapsed = started.elapsed();
-                self.metrics.upstream_latency.observe(elapsed);
-                outcome.upstream_us = Some(accesslog::micros(elapsed));
-                let mut response = response?;
-                if let Some((protocol, client)) = upgrade
-                    && response.status() == StatusCode::SWITCHING_PROTOCOLS
-                {
-                    tunnel::splice(client, &mut response);
-                    tunnel::restore_headers(response.headers_mut(), protocol);
-                }
-                Ok(response)
-            }
-            // Boxed: rare next to forwarding, and large (body reading, argon2).
-            Admitted::Login(client) => Box::pin(self.login(s, req, client, outcome)).await,
-            Admitted::Logout => self.logout(s, &req, outcome).await,
+        match local {
+            // Boxed: large (body reading, argon2).
+            Local::Login(client) => Box::pin(self.login(s, req, client, outcome)).await,
+            Local::Logout => self.logout(s, &req, outcome).await,
         }
     }
 
@@ -355,6 +381,11 @@ impl Gateway {
 enum Admitted {
     /// The request is rewritten for the upstream.
     Forward(Option<Upgrade>),
+    Local(Local),
+}
+
+/// The paths the gateway answers itself.
+enum Local {
     /// With the client's address, for the login throttle.
     Login(IpAddr),
     Logout,
@@ -387,17 +418,17 @@ impl Future for Answer {
 }
 
 /// Counts the request as abandoned if dropped before [`answered`](Self::answered).
-struct Unanswered<'a>(Option<&'a Metrics>);
+struct Unanswered(Option<Arc<Metrics>>);
 
-impl Unanswered<'_> {
+impl Unanswered {
     fn answered(mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for Unanswered<'_> {
+impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let Some(metrics) = self.0 {
+        if let Some(metrics) = &self.0 {
             metrics.abandoned();
         }
     }
