@@ -177,8 +177,7 @@ impl Gateway {
     /// upstream call runs here, at once: a request the gateway refuses
     /// costs no future, and one it forwards carries only the state of the
     /// exchange.
-    pub fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Answer {
-        let mut req = req;
+    pub fn handle(self: &Arc<Self>, mut req: Request<Incoming>, peer: &Peer) -> Answer {
         let mut pending = Pending::new(req.method().clone(), peer.ip_text.clone());
         let settings = self.settings.load_full();
         match self.admit(&settings, &mut req, peer, pending.outcome()) {
