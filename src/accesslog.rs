@@ -79,7 +79,7 @@ impl Entry {
             return;
         }
         tracing::info!(
-            target: "tokengate::access",
+            target: layer::TARGET,
             method = %line.method,
             path = line.path,
             status = line.status,
