@@ -13,7 +13,8 @@
 //! - [`policy`]: public paths and `[[rules]]` roles, over [`pattern`]s
 //! - [`headers`]: pure header operations on forwarded requests and responses
 //! - [`upstream`]: connects (http or https, names via [`resolve`]) and sends
-//!   over keep-alive connections from [`pool`], timeouts → 502/504;
+//!   over keep-alive connections from [`pool`], each driven by the request
+//!   using it ([`connection`]), timeouts → 502/504;
 //!   [`tunnel`] splices WebSocket upgrades
 //! - [`response`]: every rejection and the one function that renders it
 //! - [`accesslog`]: the line per request, written when the response body ends
@@ -35,6 +36,7 @@ pub mod backup;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod gateway;
 pub mod headers;

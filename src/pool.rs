@@ -1,9 +1,9 @@
 //! Kept-alive HTTP/1.1 connections to the upstream. A connection is taken
 //! for one exchange and put back when the gateway drops the response body
 //! having read it to its end, so nothing — no task, no channel — stands
-//! between a request and the connection it goes out on. The most recently
-//! used connection is taken first; the rest age out after
-//! `upstream.pool_idle_timeout`.
+//! between a request and the connection it goes out on; the request drives
+//! it ([`crate::connection`]). The most recently used connection is taken
+//! first; the rest age out after `upstream.pool_idle_timeout`.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -12,15 +12,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 
-use crate::upstream::Outbound;
+use crate::connection::Conn;
 
 /// Idle connections past this many are closed at once rather than kept:
 /// as many as nginx's `keepalive 256` in the benchmark's anchor.
 const MAX_IDLE: usize = 256;
-
-pub type Sender = SendRequest<Outbound>;
 
 /// The idle connections of one upstream. Cloning shares them.
 #[derive(Clone)]
@@ -36,7 +33,7 @@ struct Shared {
 #[derive(Default)]
 struct Idle {
     /// Oldest at the front, most recently returned at the back.
-    conns: VecDeque<(Sender, Instant)>,
+    conns: VecDeque<(Conn, Instant)>,
     /// Whether the task closing expired connections runs yet.
     reaping: bool,
 }
@@ -53,34 +50,32 @@ impl Pool {
 
     /// The most recently returned connection that is still open, ready for
     /// a request. Connections found closed are dropped on the way.
-    pub async fn take(&self) -> Option<Sender> {
+    pub async fn take(&self) -> Option<Conn> {
         loop {
-            let (mut sender, _) = self.shared.lock().conns.pop_back()?;
-            if sender.is_closed() {
-                continue;
-            }
-            // Returned at the body's end, the connection may still be
-            // finishing that exchange for a moment; a closed one errors.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            let (mut conn, _) = self.shared.lock().conns.pop_back()?;
+            if conn.is_open() && conn.ready().await {
+                return Some(conn);
             }
         }
     }
 
-    /// Hands `sender` back for reuse, unless it is closed or the pool full.
-    pub fn put(&self, sender: Sender) {
-        Shared::put(&self.shared, sender);
+    /// Hands `conn` back for reuse, unless it is closed or the pool full.
+    pub fn put(&self, conn: Conn) {
+        Shared::put(&self.shared, conn);
     }
 
     /// Wraps an upstream response body so that its connection comes back
     /// here once the body has been read to its end. A body dropped early
     /// takes its connection with it: the rest of the body is still on the
     /// wire, so that connection can carry nothing else.
-    pub fn returning(&self, body: Incoming, sender: Sender) -> Returning {
+    /// `uploading`: the request had a body, which may still be on its way
+    /// when the response has ended.
+    pub fn returning(&self, body: Incoming, conn: Conn, uploading: bool) -> Returning {
         Returning {
             body,
-            conn: Some((sender, Arc::downgrade(&self.shared))),
+            conn: Some((conn, Arc::downgrade(&self.shared))),
             ended: false,
+            uploading,
         }
     }
 
@@ -96,8 +91,8 @@ impl Shared {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(this: &Arc<Self>, sender: Sender) {
-        if sender.is_closed() {
+    fn put(this: &Arc<Self>, conn: Conn) {
+        if !conn.is_open() {
             return;
         }
         let now = Instant::now();
@@ -105,7 +100,7 @@ impl Shared {
         let evicted = (idle.conns.len() >= MAX_IDLE)
             .then(|| idle.conns.pop_front())
             .flatten();
-        idle.conns.push_back((sender, now));
+        idle.conns.push_back((conn, now));
         // Outside a runtime (a body dropped as the process winds down)
         // there is nothing to spawn on; the next put will try again.
         let reaper_on = if idle.reaping {
@@ -133,7 +128,7 @@ impl Shared {
                 expired.extend(idle.conns.pop_front());
             }
         }
-        // Dropping a sender closes its connection; not under the lock.
+        // Dropping a connection closes it; not under the lock.
         drop(expired);
     }
 }
@@ -155,21 +150,26 @@ fn spawn_reaper(runtime: &tokio::runtime::Handle, shared: Weak<Shared>, idle_tim
     });
 }
 
-/// An upstream response body that returns its connection to the pool when
-/// dropped after its end. Data and trailers pass through untouched.
+/// An upstream response body that drives its connection while it is read
+/// and returns the connection to the pool when dropped after its end. Data
+/// and trailers pass through untouched.
 pub struct Returning {
     body: Incoming,
-    /// `None` once given back, or for a connection that must not be reused.
-    conn: Option<(Sender, Weak<Shared>)>,
+    /// `None` once given back or handed to an upgrade.
+    conn: Option<(Conn, Weak<Shared>)>,
     /// The body yielded its last frame.
     ended: bool,
+    /// The request had a body (see [`Pool::returning`]).
+    uploading: bool,
 }
 
 impl Returning {
-    /// Keeps the connection out of the pool whatever happens to the body:
-    /// after a 101 the connection belongs to the tunnel.
-    pub fn never_reuse(&mut self) {
-        self.conn = None;
+    /// After a 101 the connection belongs to the tunnel: it never comes
+    /// back to the pool, and is driven on its own until it hands over.
+    pub fn upgrade(&mut self) {
+        if let Some((conn, _)) = self.conn.take() {
+            conn.finish_upgrade();
+        }
     }
 }
 
@@ -181,10 +181,16 @@ impl hyper::body::Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let this = &mut *self;
+        // The body is fed by its connection, which only this poll drives.
+        let body = &mut this.body;
+        let polled = match this.conn.as_mut() {
+            Some((conn, _)) => conn.poll_driven(cx, |_, cx| Pin::new(&mut *body).poll_frame(cx)),
+            None => Pin::new(body).poll_frame(cx),
+        };
         match &polled {
-            Poll::Ready(None) => self.ended = true,
-            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.ended = true,
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => this.ended = true,
             _ => {}
         }
         polled
@@ -206,11 +212,34 @@ impl Drop for Returning {
         if !(self.ended || hyper::body::Body::is_end_stream(&self.body)) {
             return;
         }
-        if let Some((sender, shared)) = self.conn.take()
-            && let Some(shared) = shared.upgrade()
-        {
-            Shared::put(&shared, sender);
+        let Some((mut conn, shared)) = self.conn.take() else {
+            return;
+        };
+        if !self.uploading {
+            if let Some(shared) = shared.upgrade() {
+                Shared::put(&shared, conn);
+            }
+            return;
         }
+        // An upstream may answer before it has read the whole request
+        // body. Nothing polls a pooled connection, so the rest of the
+        // upload, and the client sending it, would wait for the next
+        // request to take it: a task of its own finishes the exchange.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // An upload that stops halfway is given up with the connection
+        // after the time an idle connection would be kept.
+        let Some(limit) = shared.upgrade().map(|shared| shared.idle_timeout) else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Ok(true) = tokio::time::timeout(limit, conn.ready()).await
+                && let Some(shared) = shared.upgrade()
+            {
+                Shared::put(&shared, conn);
+            }
+        });
     }
 }
 

@@ -227,6 +227,54 @@ async fn a_connection_the_upstream_closes_is_replaced() {
     gw.stop().await;
 }
 
+/// An upstream that answers each connection's first request as keep-alive
+/// (no `Connection: close`), then closes the connection 50 ms later, the
+/// way an upstream's own idle timeout does. Answers `conn=N`.
+async fn forgetful_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("conn={id}");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
+    // Nothing polls an idle pooled connection; taking it must notice the
+    // upstream's close and open a new one rather than fail the request.
+    let (addr, accepted) = forgetful_upstream().await;
+    let (gw, token) = gateway(addr, "90s").await;
+    assert_eq!(conn_of(&get(gw.addr, "/first", Some(&token)).await), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = get(gw.addr, "/second", Some(&token)).await;
+    assert_eq!(conn_of(&second), 2);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn idle_upstream_connections_close_after_the_pool_idle_timeout() {
     let up = counting_upstream().await;
@@ -268,5 +316,110 @@ async fn requests_that_hold_their_connections_each_get_one() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(up.accepted.load(Ordering::SeqCst), HOLDERS);
+    gw.stop().await;
+}
+
+/// An upstream that answers `early` as soon as it has a request's head,
+/// then reads the request's body (`content-length` bytes) and counts them,
+/// and goes on to the next request on the same connection.
+async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let end = loop {
+                        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    pending.drain(..end);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    while pending.len() < length {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    pending.drain(..length);
+                    counted.fetch_add(length, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// Reads from `s` until an `early` answer has come whole.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("early") {
+        let got = s.read(&mut buf).await.unwrap();
+        assert!(got > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..got]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn an_upload_the_upstream_answers_before_reading_still_reaches_it() {
+    // The response ends while the request body is still coming: the rest
+    // of the upload must go on to the upstream, and the client's next
+    // request on the same connection must be answered.
+    use tokio::io::AsyncWriteExt;
+    const SIZE: usize = 4 * 1024 * 1024;
+    let (addr, received) = early_answering_upstream().await;
+    let (gw, token) = gateway(addr, "90s").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Token {token}\r\ncontent-length: {SIZE}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'u'; 64 * 1024]).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut s))
+        .await
+        .expect("no early answer");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let rest = vec![b'u'; SIZE - 64 * 1024];
+    let next = format!("GET /next HTTP/1.1\r\nHost: gw\r\nAuthorization: Token {token}\r\n\r\n");
+    let sent = async {
+        s.write_all(&rest).await.unwrap();
+        s.write_all(next.as_bytes()).await.unwrap();
+        read_answer(&mut s).await
+    };
+    let second = tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .expect("the upload or the next request stalled");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while received.load(Ordering::SeqCst) < SIZE {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream got {} of {SIZE} bytes",
+            received.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     gw.stop().await;
 }
