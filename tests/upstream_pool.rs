@@ -227,11 +227,27 @@ async fn a_connection_the_upstream_closes_is_replaced() {
     gw.stop().await;
 }
 
+/// Reads from `stream` into `pending` until it holds a whole request head;
+/// where the head ends, or `None` if the stream ends first.
+async fn read_head(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// An upstream that answers each connection's first request as keep-alive
 /// (no `Connection: close`), then closes the connection 50 ms later, the
 /// way an upstream's own idle timeout does. Answers `conn=N`.
 async fn forgetful_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -240,13 +256,8 @@ async fn forgetful_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut stream, _)) = listener.accept().await {
             let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream, &mut Vec::new()).await.is_none() {
+                    return;
                 }
                 let body = format!("conn={id}");
                 let answer = format!(
@@ -335,14 +346,8 @@ async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                 let mut pending = Vec::new();
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
-                    let end = loop {
-                        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
+                    let Some(end) = read_head(&mut stream, &mut pending).await else {
+                        return;
                     };
                     let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
                     let length: usize = head
