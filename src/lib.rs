@@ -5,7 +5,8 @@
 //!
 //! A request flows one way through these modules:
 //!
-//! - [`server`]: accepts connections, serves HTTP/1.1 and h2c, drains on shutdown
+//! - [`server`]: accepts connections, serves HTTP/1.1 and h2c, drains on
+//!   shutdown; [`timer`] keeps the header-read deadlines
 //! - [`gateway`]: the pipeline — target check, login/logout, authenticate, authorize, forward, log
 //! - [`canonical`]: the one canonical form of a path that every decision uses
 //! - [`login`]: the login endpoint (the only body the gateway reads), rate-limited by [`throttle`]
@@ -52,6 +53,7 @@ pub mod server;
 pub mod store;
 pub mod throttle;
 pub mod time;
+pub mod timer;
 pub mod tls;
 pub mod token;
 pub mod tokencache;

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::gateway::{Gateway, Peer};
+use crate::timer::CoarseTimer;
 
 /// The protocol settings connections are served with, from the config they
 /// were accepted under (so a reload applies to new connections). Built once
@@ -34,7 +35,9 @@ impl Protocols {
     fn new(server: &ServerConfig) -> Self {
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
+            .timer(CoarseTimer::new(header_deadline_tick(
+                server.header_read_timeout,
+            )))
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(server.max_header_size)
             // hyper's own limit, and the most it parses in stack storage:
@@ -58,6 +61,12 @@ impl Protocols {
             first_bytes: server.header_read_timeout,
         }
     }
+}
+
+/// How late a header-read deadline may be met: a tenth of the timeout,
+/// between 10 ms and half a second.
+fn header_deadline_tick(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

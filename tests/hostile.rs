@@ -266,6 +266,28 @@ async fn header_read_deadline_closes_a_connection_that_never_finishes_its_header
 }
 
 #[tokio::test]
+async fn header_read_deadline_closes_a_kept_alive_connection_left_idle() {
+    let (_up, gw) = with_header_read_timeout("500ms").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept an idle connection open");
+    let text = String::from_utf8_lossy(&buf);
+    // Answered, kept alive, then closed at the deadline for the next head.
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed early"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn header_read_deadline_closes_a_connection_that_never_sends_a_byte() {
     let (_up, gw) = with_header_read_timeout("500ms").await;
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
