@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -26,8 +27,10 @@ pub struct CoarseTimer {
 struct Wheel {
     shards: [Mutex<Slab>; SHARDS],
     tick: Duration,
-    /// Whether the task firing deadlines runs.
-    ticking: Mutex<bool>,
+    /// Whether the task firing deadlines runs. The atomic is read without
+    /// the lock on every arming; the lock orders starting and stopping.
+    ticking: Mutex<()>,
+    running: AtomicBool,
 }
 
 #[derive(Default)]
@@ -50,7 +53,8 @@ impl CoarseTimer {
             wheel: Arc::new(Wheel {
                 shards: Default::default(),
                 tick,
-                ticking: Mutex::new(false),
+                ticking: Mutex::new(()),
+                running: AtomicBool::new(false),
             }),
         }
     }
@@ -164,8 +168,11 @@ impl Wheel {
     /// Starts the task firing deadlines unless it runs. It stops when it
     /// finds nothing armed, and the next armed sleep starts it again.
     fn ensure_ticking(this: &Arc<Self>) {
-        let mut ticking = lock(&this.ticking);
-        if *ticking {
+        if this.running.load(Ordering::Acquire) {
+            return;
+        }
+        let ticking = lock(&this.ticking);
+        if this.running.load(Ordering::Acquire) {
             return;
         }
         // Outside a runtime there is nothing to spawn on; the next poll
@@ -173,7 +180,7 @@ impl Wheel {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        *ticking = true;
+        this.running.store(true, Ordering::Release);
         drop(ticking);
         runtime.spawn(ticker(Arc::downgrade(this), this.tick));
     }
@@ -199,13 +206,14 @@ async fn ticker(wheel: Weak<Wheel>, tick: Duration) {
             waker.wake();
         }
         if armed == 0 {
-            let mut ticking = lock(&wheel.ticking);
-            // Re-checked under the flag's lock: a sleep armed meanwhile
-            // found the flag still set and counts on this task.
+            let _ticking = lock(&wheel.ticking);
+            wheel.running.store(false, Ordering::SeqCst);
+            // Re-checked once stopped: a sleep armed before the store may
+            // have found the task running and counts on it.
             if wheel.shards.iter().all(|s| lock(s).armed == 0) {
-                *ticking = false;
                 return;
             }
+            wheel.running.store(true, Ordering::SeqCst);
         }
     }
 }
