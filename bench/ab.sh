@@ -6,6 +6,7 @@
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]
 #   ONLY=big bench/ab.sh ...      1 MiB downloads only
+#   PROXY_CPUS=0,1 bench/ab.sh ... the builds on both cores (two workers)
 #
 # Build the old one from a worktree, e.g.
 #   git worktree add /tmp/old REV && (cd /tmp/old && cargo build --release)
@@ -40,17 +41,19 @@ for x in old new; do
   printf '[server]\nlisten = "127.0.0.1:%s"\n[upstream]\nurl = "http://127.0.0.1:%s"\n[store]\npath = "%s/store"\n[log]\nlevel = "info"\n' ${PORT[$x]} $UP $DIR/$x > $DIR/$x/tg.toml
   echo 'bench password' | $bin user add bench --password-stdin -c $DIR/$x/tg.toml >/dev/null
   TOKEN[$x]=$($bin token issue bench -c $DIR/$x/tg.toml 2>/dev/null | tail -n1)
-  taskset -c 0 $bin serve -c $DIR/$x/tg.toml > $DIR/$x/log 2>&1 & PID[$x]=$!; PIDS+=($!)
+  taskset -c "${PROXY_CPUS:-0}" $bin serve -c $DIR/$x/tg.toml > $DIR/$x/log 2>&1 & PID[$x]=$!; PIDS+=($!)
 done
 sleep 1
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+# Context switches of all the process's threads.
+switches() { cat /proc/$1/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 run() { # x path conns auth
-  local x=$1 path=$2 c=$3 auth=$4 before after out n
-  before=$(cpu ${PID[$x]})
+  local x=$1 path=$2 c=$3 auth=$4 before after out n sw
+  before=$(cpu ${PID[$x]}); sw=$(switches ${PID[$x]})
   out=$(BENCH_AUTH="$auth" taskset -c 1 wrk -t1 -c$c -d${DUR}s -s $B/wrk.lua http://127.0.0.1:${PORT[$x]}$path | grep '^RESULT')
-  after=$(cpu ${PID[$x]})
+  after=$(cpu ${PID[$x]}); sw=$(( $(switches ${PID[$x]}) - sw ))
   n=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$out")
-  awk -v x=$x -v p=$path -v c=$c -v n=$n -v t=$((after-before)) -v d=$DUR -v hz=$TCK 'BEGIN {printf "%s %s c=%s req/s=%d cpu_us_per_req=%.2f\n", x, p, c, n/d, t*1000000/hz/(n>0?n:1)}'
+  awk -v x=$x -v p=$path -v c=$c -v n=$n -v t=$((after-before)) -v d=$DUR -v hz=$TCK -v sw=$sw 'BEGIN {printf "%s %s c=%s req/s=%d cpu_us_per_req=%.2f switches_per_1k_req=%.1f\n", x, p, c, n/d, t*1000000/hz/(n>0?n:1), sw*1000/(n>0?n:1)}'
 }
 for x in old new; do run $x /small 50 "Token ${TOKEN[$x]}" >/dev/null; done
 for r in $(seq 1 $ROUNDS); do

@@ -9,7 +9,9 @@
 //! for the response head ([`Conn::send`]), in each read of the response
 //! body ([`crate::pool::Returning`]), and when taking it from the pool
 //! ([`Conn::ready`]). An idle connection in the pool is polled by no one;
-//! taking it notices whether the upstream closed it meanwhile.
+//! if the upstream closed it meanwhile, the first drive after taking it
+//! reads the close before it writes, and the request, unsent, goes out
+//! on another connection.
 
 use std::future::Future;
 use std::io;
