@@ -192,7 +192,7 @@ impl Conn {
 
     /// Drives the connection with no result to wait for; `false` once it
     /// has ended.
-    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         let ended = self.poll_driven(cx, |conn, _| match conn.driver {
             None => Poll::Ready(()),
             Some(_) => Poll::Pending,
