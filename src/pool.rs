@@ -59,11 +59,6 @@ impl Pool {
         }
     }
 
-    /// Hands `conn` back for reuse, unless it is closed or the pool full.
-    pub fn put(&self, conn: Conn) {
-        Shared::put(&self.shared, conn);
-    }
-
     /// Wraps an upstream response body so that its connection comes back
     /// here once the body has been read to its end. A body dropped early
     /// takes its connection with it: the rest of the body is still on the
@@ -77,11 +72,6 @@ impl Pool {
             ended: false,
             uploading,
         }
-    }
-
-    /// How many connections wait idle (for tests and metrics).
-    pub fn idle(&self) -> usize {
-        self.shared.lock().conns.len()
     }
 }
 
