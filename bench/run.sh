@@ -199,12 +199,13 @@ port_of() {
         tg-idle) echo "$TG_IDLE_PORT" ;;
     esac
 }
-cpu_ticks() { # utime + stime of all threads, in clock ticks
-    local pid total=0
+cpu_ticks() { # utime + stime, then stime alone, of all threads, in clock ticks
+    local pid total=0 sys=0 u s
     for pid in "$@"; do
-        total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+        read -r u s < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
+        total=$((total + u + s)) sys=$((sys + s))
     done
-    echo $total
+    echo "$total $sys"
 }
 reset_peak() { local pid; for pid in "$@"; do echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true; done; }
 mem_kb() { # FIELD PIDS...: VmHWM or VmRSS summed
@@ -227,19 +228,19 @@ tokens_of() { case $1 in tg-1k) echo "$DIR/secrets-1k" ;; tg-big) echo "$DIR/sec
 
 # One measured run: appends a line to $RESULTS.
 measure() { # SCENARIO TARGET CONNS PATH
-    local pids c0 c1 out
+    local pids c0 c1 s0 s1 out
     pids=$(pids_of "$2")
     export BENCH_TOKENS
     BENCH_TOKENS=$(tokens_of "$2")
     # shellcheck disable=SC2086
     reset_peak $pids
     # shellcheck disable=SC2086
-    c0=$(cpu_ticks $pids)
+    read -r c0 s0 < <(cpu_ticks $pids)
     out=$(wrk_run "$DURATION" "$3" "$(port_of "$2")" "$4")
     # shellcheck disable=SC2086
-    c1=$(cpu_ticks $pids)
+    read -r c1 s1 < <(cpu_ticks $pids)
     # shellcheck disable=SC2086
-    echo "$1 $2 $out cpu=$((c1 - c0)) hwm_kb=$(mem_kb VmHWM $pids) upload=${BENCH_UPLOAD:-0}" >>"$RESULTS"
+    echo "$1 $2 $out cpu=$((c1 - c0)) sys=$((s1 - s0)) hwm_kb=$(mem_kb VmHWM $pids) upload=${BENCH_UPLOAD:-0}" >>"$RESULTS"
 }
 
 # A scenario: warm each target up, then ROUNDS rounds, the order rotating.
@@ -332,7 +333,8 @@ echo
 echo "tokengate benchmark — $(date -u +%FT%TZ), $(nproc) cores, proxies on CPU $PROXY_CPU, wrk + upstream on CPU $LOAD_CPU"
 echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER; $ROUNDS rounds × ${DURATION}s per row, interleaved"
 echo "req/s and MiB/s: sums over rounds; p50/p99: median of rounds; CPU: the proxy's own utime+stime per request"
-echo "(for 'direct' the upstream's); peak RSS: VmHWM, reset before each run (nginx: master + worker)"
+echo "(for 'direct' the upstream's), sys: stime alone; floor: tokengate's sys / nginx's CPU, the least its CPU"
+echo "ratio can be with no user-space work at all; peak RSS: VmHWM, reset before each run (nginx: master + worker)"
 echo
 awk -v tck="$TCK" -v mib=$MIB '
 function median(list,   a, n, i, j, t) {
@@ -352,9 +354,13 @@ function spread(name, a, b,   ka, kb, i, r, lo, hi) {
     }
     return lo == "" ? "" : sprintf("CPU ratio by round %.2f-%.2f", lo, hi)
 }
-function ratio(name, label, a, b) {
-    if (rps[a] > 0 && rps[b] > 0 && q50[b] > 0 && q99[b] > 0 && us[b] > 0 && mem[b] > 0)
-        printf "%-40s %-9s %8.2fx %7.2fx %7.2fx %7.2fx %8.2fx %7.2fx %s\n", "", label, rps[a] / rps[b], (mb[b] ? mb[a] / mb[b] : 0), q50[a] / q50[b], q99[a] / q99[b], us[a] / us[b], mem[a] / mem[b], spread(name, a, b)
+# Kernel time is the floor of a proxy: the same sockets, the same syscalls.
+# Against nginx, "floor" is the kernel time of tokengate alone as a fraction
+# of the whole CPU of nginx: no saving in user space goes below it.
+function ratio(name, label, a, b,   floor) {
+    floor = label == "tg/nginx" && us[b] > 0 ? sprintf("; floor %.2fx", sy[a] / us[b]) : ""
+    if (rps[a] > 0 && rps[b] > 0 && q50[b] > 0 && q99[b] > 0 && us[b] > 0 && sy[b] > 0 && mem[b] > 0)
+        printf "%-40s %-9s %8.2fx %7.2fx %7.2fx %7.2fx %8.2fx %7.2fx %7.2fx %s%s\n", "", label, rps[a] / rps[b], (mb[b] ? mb[a] / mb[b] : 0), q50[a] / q50[b], q99[a] / q99[b], us[a] / us[b], sy[a] / sy[b], mem[a] / mem[b], spread(name, a, b), floor
 }
 {
     # "scenario words... TARGET RESULT k=v ...": the target is the word before RESULT
@@ -365,27 +371,28 @@ function ratio(name, label, a, b) {
     if (!(key in seen)) { seen[key] = 1; order[++n] = key; if (!(name in named)) { named[name] = 1; names[++m] = name } }
     for (j = i + 1; j <= NF; j++) { split($j, kv, "="); f[kv[1]] = kv[2] + 0 }
     req[key] += f["requests"]; dur[key] += f["duration_us"]; bytes[key] += f["bytes"] + f["requests"] * f["upload"]
-    cpu[key] += f["cpu"]; errs[key] += f["errors"]; non2xx[key] += f["non2xx"]
+    cpu[key] += f["cpu"]; sys[key] += f["sys"]; errs[key] += f["errors"]; non2xx[key] += f["non2xx"]
     p50[key] = p50[key] " " f["p50_us"]; p99[key] = p99[key] " " f["p99_us"]
     if (f["hwm_kb"] > hwm[key]) hwm[key] = f["hwm_kb"]
     per[key, ++rounds[key]] = f["requests"] ? f["cpu"] / f["requests"] : 0
 }
 END {
-    printf "%-40s %-9s %9s %8s %8s %8s %9s %8s %s\n", "scenario", "target", "req/s", "MiB/s", "p50 ms", "p99 ms", "CPU µs/r", "RSS MiB", "notes"
+    printf "%-40s %-9s %9s %8s %8s %8s %9s %8s %8s %s\n", "scenario", "target", "req/s", "MiB/s", "p50 ms", "p99 ms", "CPU µs/r", "sys µs/r", "RSS MiB", "notes"
     for (s = 1; s <= m; s++) {
         name = names[s]
-        split("", rps); split("", q50); split("", q99); split("", us); split("", mem); split("", mb)
+        split("", rps); split("", q50); split("", q99); split("", us); split("", sy); split("", mem); split("", mb)
         for (k = 1; k <= n; k++) {
             split(order[k], nt, SUBSEP); if (nt[1] != name) continue
             key = order[k]; t = nt[2]
             rps[t] = req[key] / (dur[key] / 1e6); mb[t] = bytes[key] / (dur[key] / 1e6) / mib
             q50[t] = median(p50[key]) / 1000; q99[t] = median(p99[key]) / 1000
             us[t] = req[key] ? cpu[key] * 1e6 / tck / req[key] : 0; mem[t] = hwm[key] / 1024
+            sy[t] = req[key] ? sys[key] * 1e6 / tck / req[key] : 0
             note = ""
             if (errs[key]) note = note errs[key] " socket errors; "
             if (non2xx[key]) note = note non2xx[key] " non-2xx"
             label = t == "tg-1k" ? "tg 1k" : t == "tg-big" ? "tg big" : t ~ /^tg/ ? "tokengate" : t
-            printf "%-40s %-9s %9.0f %8.1f %8.2f %8.2f %9.1f %8.1f %s\n", name, label, rps[t], mb[t], q50[t], q99[t], us[t], mem[t], note
+            printf "%-40s %-9s %9.0f %8.1f %8.2f %8.2f %9.1f %8.1f %8.1f %s\n", name, label, rps[t], mb[t], q50[t], q99[t], us[t], sy[t], mem[t], note
         }
         ratio(name, "tg/nginx", "tg", "nginx")
         ratio(name, "big/1k", "tg-big", "tg-1k")
