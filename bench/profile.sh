@@ -6,8 +6,9 @@
 #
 # Runs the release build (with line tables, in target/profiling) under
 # callgrind behind an nginx upstream, warms it up, then counts the
-# instructions of SECONDS of authenticated proxied requests (`auth`) and
-# of requests without a token (`noauth`, the 401 path), 10 connections. Prints instructions per request and the
+# instructions of SECONDS each of authenticated proxied requests (`auth`),
+# requests without a token (`noauth`, the 401 path) and authenticated 1 KiB
+# uploads (`upload`), 10 connections. Prints instructions per request and the
 # top functions of each path; the callgrind files stay in the printed
 # directory for callgrind_annotate.
 set -euo pipefail
@@ -74,13 +75,14 @@ for _ in $(seq 1 600); do
 done
 callgrind_control -i on "$PID" >/dev/null
 
-count() { # NAME AUTH
-    local name=$1 out n ir file
-    BENCH_AUTH=$2 taskset -c "$LOAD_CPU" wrk -t1 -c10 -d3s -s "$BENCH/wrk.lua" \
-        "http://127.0.0.1:$TG_PORT/small" >/dev/null
+count() { # NAME AUTH [PATH [UPLOAD_BYTES]]
+    local name=$1 path=${3:-/small} out n ir file
+    export BENCH_AUTH=$2 BENCH_UPLOAD=${4:-}
+    taskset -c "$LOAD_CPU" wrk -t1 -c10 -d3s -s "$BENCH/wrk.lua" \
+        "http://127.0.0.1:$TG_PORT$path" >/dev/null
     callgrind_control -z "$PID" >/dev/null
-    out=$(BENCH_AUTH=$2 taskset -c "$LOAD_CPU" wrk -t1 -c10 -d"$SECONDS_PER_PATH"s \
-        -s "$BENCH/wrk.lua" "http://127.0.0.1:$TG_PORT/small" | grep '^RESULT')
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c10 -d"$SECONDS_PER_PATH"s \
+        -s "$BENCH/wrk.lua" "http://127.0.0.1:$TG_PORT$path" | grep '^RESULT')
     callgrind_control -d "$name" "$PID" >/dev/null
     n=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$out")
     file=$(ls -t "$DIR"/callgrind."$PID".* | head -n 1)
@@ -93,5 +95,6 @@ count() { # NAME AUTH
 }
 count auth "Token $TOKEN"
 count noauth ""
+count upload "Token $TOKEN" /upload 1024
 echo
-echo "callgrind files: $DIR/{auth,noauth}.callgrind (callgrind_annotate --inclusive=yes FILE)"
+echo "callgrind files: $DIR/{auth,noauth,upload}.callgrind (callgrind_annotate --inclusive=yes FILE)"

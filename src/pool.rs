@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -211,10 +211,27 @@ impl Drop for Returning {
             }
             return;
         }
+        // Most uploads are over by the response's end: one drive, here,
+        // finishes the exchange and saves a task per request with a body.
+        let finished = {
+            let ready = std::pin::pin!(conn.ready());
+            ready.poll(&mut Context::from_waker(Waker::noop()))
+        };
+        match finished {
+            Poll::Ready(true) => {
+                if let Some(shared) = shared.upgrade() {
+                    Shared::put(&shared, conn);
+                }
+                return;
+            }
+            Poll::Ready(false) => return,
+            Poll::Pending => {}
+        }
         // An upstream may answer before it has read the whole request
         // body. Nothing polls a pooled connection, so the rest of the
         // upload, and the client sending it, would wait for the next
-        // request to take it: a task of its own finishes the exchange.
+        // request to take it: a task of its own finishes the exchange. Its
+        // first poll registers the wakers that the poll above left out.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };

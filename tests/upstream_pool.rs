@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 
 /// An upstream that numbers its connections and says on which one each
 /// answer came: `conn=N path=P`. `/big` streams 4 MiB in 64 KiB frames
-/// (after the `conn=N|` prefix), `/close` answers with `Connection: close`.
+/// (after the `conn=N|` prefix), `/close` answers with `Connection: close`,
+/// `/len` reads the request body first and adds ` len=BYTES`.
 struct Counting {
     addr: SocketAddr,
     /// `/hold` answers only once this many `/hold` requests are in at once.
@@ -56,6 +57,15 @@ async fn counting_upstream() -> Counting {
                     async move {
                         if req.uri().path() == "/hold" {
                             barrier.wait().await;
+                        }
+                        if req.uri().path() == "/len" {
+                            let len = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_or(0, |b| b.to_bytes().len());
+                            let text = format!("conn={id} path=/len len={len}");
+                            return Ok(Response::new(Full::new(Bytes::from(text)).boxed()));
                         }
                         Ok::<_, Infallible>(answer(id, req))
                     }
@@ -210,6 +220,29 @@ async fn a_response_read_whole_gives_its_connection_back() {
     assert_eq!(big.body.len(), "conn=1|".len() + 4 * 1024 * 1024);
     let next = get(gw.addr, "/small", Some(&token)).await;
     assert_eq!(conn_of(&next), conn_of(&big));
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn sequential_uploads_share_one_upstream_connection() {
+    let up = counting_upstream().await;
+    let (gw, token) = gateway(up.addr, "90s").await;
+    let mut conns = Vec::new();
+    for i in 0..5 {
+        let req = Request::post("/len")
+            .header("authorization", format!("Token {token}"))
+            .body(vec![b'u'; 4096 * (i + 1)])
+            .unwrap();
+        let r = send(gw.addr, req).await;
+        let conn = conn_of(&r);
+        assert_eq!(
+            r.text(),
+            format!("conn={conn} path=/len len={}", 4096 * (i + 1))
+        );
+        conns.push(conn);
+    }
+    assert!(conns.iter().all(|c| *c == conns[0]), "{conns:?}");
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
     gw.stop().await;
 }
