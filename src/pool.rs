@@ -206,9 +206,7 @@ impl Drop for Returning {
             return;
         };
         if !self.uploading {
-            if let Some(shared) = shared.upgrade() {
-                Shared::put(&shared, conn);
-            }
+            give_back(&shared, conn);
             return;
         }
         // Most uploads are over by the response's end: one drive, here,
@@ -219,9 +217,7 @@ impl Drop for Returning {
         };
         match finished {
             Poll::Ready(true) => {
-                if let Some(shared) = shared.upgrade() {
-                    Shared::put(&shared, conn);
-                }
+                give_back(&shared, conn);
                 return;
             }
             Poll::Ready(false) => return,
@@ -241,12 +237,17 @@ impl Drop for Returning {
             return;
         };
         runtime.spawn(async move {
-            if let Ok(true) = tokio::time::timeout(limit, conn.ready()).await
-                && let Some(shared) = shared.upgrade()
-            {
-                Shared::put(&shared, conn);
+            if let Ok(true) = tokio::time::timeout(limit, conn.ready()).await {
+                give_back(&shared, conn);
             }
         });
+    }
+}
+
+/// Puts `conn` back in its pool, unless the pool is gone.
+fn give_back(shared: &Weak<Shared>, conn: Conn) {
+    if let Some(shared) = shared.upgrade() {
+        Shared::put(&shared, conn);
     }
 }
 
