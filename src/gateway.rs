@@ -268,7 +268,11 @@ impl Gateway {
         if path == auth.logout_path {
             return Ok(Admitted::Local(Local::Logout));
         }
-        let identity = if policy::is_public(&auth.public, path) {
+        // A tunnel is not a request: on a public path it still needs a
+        // token unless `public_upgrades` says otherwise.
+        let public = policy::is_public(&auth.public, path)
+            && (auth.public_upgrades || tunnel::requested(req).is_none());
+        let identity = if public {
             self.metrics.auth(AuthOutcome::Public);
             None
         } else {

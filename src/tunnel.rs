@@ -53,7 +53,8 @@ pub fn restore_headers(headers: &mut HeaderMap, upgrade: HeaderValue) {
 
 /// After a 101 from the upstream: hands the client its 101 and splices the
 /// two upgraded connections in a task of their own, until either side
-/// closes or `lease` ends; `None` for an anonymous tunnel (a public path).
+/// closes or `lease` ends; `None` for an anonymous tunnel (a public path
+/// with `auth.public_upgrades`).
 pub fn splice<B>(client: OnUpgrade, response: &mut Response<B>, lease: Option<Lease>) {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;

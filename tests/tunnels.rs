@@ -1,5 +1,5 @@
 //! WebSocket (upgrade) tunnels: they live only as long as the token that
-//! opened them.
+//! opened them, and public paths do not tunnel without one unless asked to.
 
 mod common;
 
@@ -191,5 +191,41 @@ async fn disabling_a_user_closes_their_open_tunnels() {
     }
     assert_echoes(&mut carol_tunnel, "another user's tunnel").await;
     drop(carol_tunnel);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn public_paths_do_not_tunnel_without_a_token() {
+    let (up, seen) = recording_echo_upstream().await;
+    let gw = Gateway::start(up.addr, "public = [\"/ws\"]\n").await;
+    gw.add_user("bob", "pw", &[]);
+
+    let (head, _) = upgrade(gw.addr, "/ws", None, "websocket").await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: token"),
+        "{head}"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the upstream saw {:?}",
+        seen.lock().unwrap()
+    );
+    // The path itself stays public.
+    assert_eq!(get(gw.addr, "/ws", None).await.status, 200);
+    // With a valid token, the upgrade is an authenticated one.
+    let token = gw.login("bob", "pw").await;
+    let (mut tunnel, greeting) = open(&gw, Some(&token)).await;
+    assert_eq!(greeting, "hello bob\n");
+    assert_echoes(&mut tunnel, "an authenticated tunnel on a public path").await;
+    drop(tunnel);
+    gw.stop().await;
+
+    let gw = Gateway::start(up.addr, "public = [\"/ws\"]\npublic_upgrades = true\n").await;
+    let (mut tunnel, greeting) = open(&gw, None).await;
+    assert_eq!(greeting, "hello \n", "tunneled without an identity");
+    assert_echoes(&mut tunnel, "a public tunnel, opted in").await;
+    drop(tunnel);
     gw.stop().await;
 }
