@@ -230,10 +230,11 @@ impl Gateway {
         pending.outcome().upstream_us = Some(accesslog::micros(elapsed));
         let response = match response {
             Ok(mut response) => {
-                if let Some((protocol, client)) = upgrade
+                if let Some((protocol, client, verified)) = upgrade
                     && response.status() == StatusCode::SWITCHING_PROTOCOLS
                 {
-                    tunnel::splice(client, &mut response);
+                    let lease = verified.map(|v| tunnel::Lease::new(self.store.clone(), v));
+                    tunnel::splice(client, &mut response, lease);
                     tunnel::restore_headers(response.headers_mut(), protocol);
                 }
                 response
@@ -267,7 +268,11 @@ impl Gateway {
         if path == auth.logout_path {
             return Ok(Admitted::Local(Local::Logout));
         }
-        let identity = if policy::is_public(&auth.public, path) {
+        // A tunnel is not a request: on a public path it still needs a
+        // token unless `public_upgrades` says otherwise.
+        let public = policy::is_public(&auth.public, path)
+            && (auth.public_upgrades || tunnel::requested(req).is_none());
+        let identity = if public {
             self.metrics.auth(AuthOutcome::Public);
             None
         } else {
@@ -285,7 +290,8 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        let upgrade = prepare(s, req, path, identity.as_deref(), peer)?;
+        let upgrade = prepare(s, req, path, identity.as_deref(), peer)?
+            .map(|(protocol, client)| (protocol, client, identity));
         Ok(Admitted::Forward(upgrade))
     }
 
@@ -433,9 +439,14 @@ impl Drop for Unanswered {
     }
 }
 
-/// A requested protocol switch: the `Upgrade` value and the client's side
-/// of the connection once hyper hands it over.
-type Upgrade = (HeaderValue, hyper::upgrade::OnUpgrade);
+/// A requested protocol switch: the `Upgrade` value, the client's side
+/// of the connection once hyper hands it over, and the token check the
+/// tunnel lives by (`None` when anonymous).
+type Upgrade = (
+    HeaderValue,
+    hyper::upgrade::OnUpgrade,
+    Option<Arc<Verified>>,
+);
 
 /// Rewrites the request for the upstream: canonical path, no client
 /// claims or hop-by-hop headers, then the gateway's own headers (and the
@@ -446,7 +457,7 @@ fn prepare(
     path: &str,
     identity: Option<&Verified>,
     peer: &Peer,
-) -> Result<Option<Upgrade>, Rejection> {
+) -> Result<Option<(HeaderValue, hyper::upgrade::OnUpgrade)>, Rejection> {
     let auth = &s.config.auth;
     let upgrade = tunnel::requested(req).map(|protocol| (protocol, hyper::upgrade::on(&mut *req)));
     // HTTP/2 carries the host in :authority, which hyper puts in the URI.

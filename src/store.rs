@@ -14,6 +14,10 @@
 //! them. Changing the password, disabling or removing the user, or revoking
 //! all of their tokens sets a new epoch in one write, which ends every
 //! token at once — including one a concurrent login is about to store.
+//!
+//! A check holds for one request; a tunnel outlives its request, so every
+//! write that ends tokens is also announced (`Store::revocations`) once it
+//! is durable and the generation has moved on, for the tunnel to close.
 
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
@@ -170,7 +174,27 @@ pub struct Store {
     /// cache of token checks (`crate::tokencache`) knows when what it read
     /// may have changed. The `last_used_at` bookkeeping does not move it.
     generation: Arc<AtomicU64>,
+    /// Announces writes that end tokens, after they are durable and after
+    /// the generation has moved: a listener that subscribed, then saw an
+    /// unchanged generation, misses no revocation.
+    revocations: tokio::sync::broadcast::Sender<Revoked>,
 }
+
+/// A durable change that ended tokens, as announced to whatever keeps a
+/// token's check open past its request (tunnels).
+#[derive(Debug, Clone)]
+pub enum Revoked {
+    /// One token (logout, `token revoke`).
+    Token(TokenDigest),
+    /// Every token of this user: a new epoch (password, disable, enable,
+    /// `token revoke --user`) or the user removed.
+    User(Arc<str>),
+    /// The store was reopened after a failed write: any token may have ended.
+    Any,
+}
+
+/// Revocations a listener may fall behind by before it is told to recheck.
+const REVOCATION_BACKLOG: usize = 256;
 
 /// A write in progress: the gate held shared. Dropped when the write and
 /// its flush are done (successful or not), it moves the store's generation
@@ -352,7 +376,22 @@ impl Store {
             fault: Arc::new(Fault::default()),
             gate: Arc::new(RwLock::new(())),
             generation: Arc::new(AtomicU64::new(0)),
+            revocations: tokio::sync::broadcast::channel(REVOCATION_BACKLOG).0,
         })
+    }
+
+    /// Every revocation from now on, each once it is durable. A listener
+    /// that falls more than `REVOCATION_BACKLOG` behind is told it lagged
+    /// and must recheck what it holds.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<Revoked> {
+        self.revocations.subscribe()
+    }
+
+    /// Called only once the write's `Writing` guard is dropped, so the
+    /// generation has already moved (see `revocations`).
+    fn announce(&self, revoked: Revoked) {
+        // No listener (no tunnel open) is the usual case, not an error.
+        let _ = self.revocations.send(revoked);
     }
 
     fn writing(&self) -> Writing<'_> {
@@ -482,6 +521,7 @@ impl Store {
                 self.handles.store(Some(Arc::new(handles)));
                 // Writes that failed may have shown in the old database's reads.
                 self.generation.fetch_add(1, Ordering::SeqCst);
+                self.announce(Revoked::Any);
                 *state = None;
                 self.fault.failed.store(false, Ordering::Release);
                 tracing::warn!(store = %self.path.display(), took = ?started.elapsed(), "store reopened after a write failure; writes resume");
@@ -622,8 +662,19 @@ impl Store {
         Ok(user)
     }
 
-    /// Changes a user and ends all of their tokens, in one durable write.
+    /// Changes a user and ends all of their tokens, in one durable write,
+    /// then says so.
     fn update_user_and_end_tokens(
+        &self,
+        name: &str,
+        change: impl Fn(&mut User),
+    ) -> Result<(), StoreError> {
+        self.write_user_and_end_tokens(name, change)?;
+        self.announce(Revoked::User(Arc::from(name)));
+        Ok(())
+    }
+
+    fn write_user_and_end_tokens(
         &self,
         name: &str,
         change: impl Fn(&mut User),
@@ -674,6 +725,12 @@ impl Store {
     }
 
     pub fn remove_user(&self, name: &str) -> Result<(), StoreError> {
+        self.delete_user(name)?;
+        self.announce(Revoked::User(Arc::from(name)));
+        Ok(())
+    }
+
+    fn delete_user(&self, name: &str) -> Result<(), StoreError> {
         self.ready_for_write()?;
         let _gate = self.writing();
         let h = self.handles()?;
@@ -795,6 +852,14 @@ impl Store {
     }
 
     pub fn revoke(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
+        let removed = self.delete_token(digest)?;
+        if removed {
+            self.announce(Revoked::Token(*digest));
+        }
+        Ok(removed)
+    }
+
+    fn delete_token(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
         self.ready_for_write()?;
         let _gate = self.writing();
         let h = self.handles()?;
@@ -1104,5 +1169,48 @@ mod tests {
             s.revoke_id("nonsense"),
             Err(StoreError::UnknownToken(_))
         ));
+    }
+
+    #[test]
+    fn revocations_are_announced_once_durable() {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let (_d, s) = store();
+        let mut heard = s.revocations();
+        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
+        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        assert!(
+            matches!(heard.try_recv(), Err(TryRecvError::Empty)),
+            "adding a user or issuing a token ends nothing"
+        );
+        let before = s.generation();
+        assert!(s.revoke(&t.digest()).unwrap());
+        assert!(matches!(heard.try_recv(), Ok(Revoked::Token(d)) if d == t.digest()));
+        assert!(
+            s.generation() > before,
+            "announced after the generation moved"
+        );
+        assert!(!s.revoke(&t.digest()).unwrap());
+        assert!(
+            matches!(heard.try_recv(), Err(TryRecvError::Empty)),
+            "an unknown token ends nothing"
+        );
+        let changes: [&dyn Fn(&Store); 5] = [
+            &|s| s.set_password("ann", "h2".into()).unwrap(),
+            &|s| s.set_disabled("ann", true).unwrap(),
+            &|s| s.set_disabled("ann", false).unwrap(),
+            &|s| {
+                s.revoke_user_tokens("ann").unwrap();
+            },
+            &|s| s.remove_user("ann").unwrap(),
+        ];
+        for change in changes {
+            change(&s);
+            assert!(matches!(heard.try_recv(), Ok(Revoked::User(u)) if &*u == "ann"));
+        }
+        assert!(s.set_disabled("ann", true).is_err());
+        assert!(
+            matches!(heard.try_recv(), Err(TryRecvError::Empty)),
+            "a failed change is not announced"
+        );
     }
 }

@@ -34,11 +34,26 @@ pub struct Verified {
     pub user_value: Option<HeaderValue>,
     /// The roles header's value, comma-separated.
     pub roles_value: Option<HeaderValue>,
+    /// Which check this was, for a tunnel that must end with the token.
+    pub checked: Checked,
+}
+
+/// A token check, as something that outlives its request needs it: what
+/// ends the token, and what may have changed since.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub digest: TokenDigest,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+    /// The store generation read before the check: while it holds, the
+    /// check does.
+    pub generation: u64,
 }
 
 impl Verified {
-    pub fn new(identity: Identity) -> Self {
+    pub fn new(identity: Identity, checked: Checked) -> Self {
         Self {
+            checked,
             username: Arc::from(identity.username.as_str()),
             user_value: HeaderValue::from_str(&identity.username).ok(),
             roles_value: HeaderValue::from_str(&identity.roles.join(",")).ok(),
@@ -101,7 +116,14 @@ impl TokenCache {
             expires_at,
             last_used_at,
         } = live;
-        let verified = Arc::new(Verified::new(identity));
+        let verified = Arc::new(Verified::new(
+            identity,
+            Checked {
+                digest: *digest,
+                expires_at,
+                generation,
+            },
+        ));
         if let Some(used) = last_used_at {
             let entry = Entry {
                 verified: verified.clone(),
@@ -212,7 +234,14 @@ mod tests {
             t.digest(),
             before,
             Entry {
-                verified: Arc::new(Verified::new(live.identity)),
+                verified: Arc::new(Verified::new(
+                    live.identity,
+                    Checked {
+                        digest: t.digest(),
+                        expires_at: None,
+                        generation: before,
+                    },
+                )),
                 expires_at: None,
                 recheck_at: u64::MAX,
             },

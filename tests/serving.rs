@@ -292,34 +292,6 @@ async fn reload_picks_up_a_renewed_certificate() {
     gw.stop().await;
 }
 
-async fn upgrade(
-    addr: std::net::SocketAddr,
-    token: Option<&str>,
-    protocol: &str,
-) -> (String, tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Token {t}\r\n"));
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: gw\r\n{auth}Connection: Upgrade\r\nUpgrade: {protocol}\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        if n == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    (String::from_utf8_lossy(&head).into_owned(), s)
-}
-
 #[tokio::test]
 async fn websocket_upgrades_are_tunneled_for_authorized_requests_only() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -328,7 +300,7 @@ async fn websocket_upgrades_are_tunneled_for_authorized_requests_only() {
     gw.add_user("wes", "pw", &[]);
     let token = gw.login("wes", "pw").await;
 
-    let (head, mut s) = upgrade(gw.addr, Some(&token), "websocket").await;
+    let (head, mut s) = upgrade(gw.addr, "/ws", Some(&token), "websocket").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("upgrade: websocket"),
@@ -351,14 +323,14 @@ async fn websocket_upgrades_are_tunneled_for_authorized_requests_only() {
     }
     drop(s);
 
-    let (head, _) = upgrade(gw.addr, None, "websocket").await;
+    let (head, _) = upgrade(gw.addr, "/ws", None, "websocket").await;
     assert!(
         head.starts_with("HTTP/1.1 401"),
         "unauthenticated upgrade: {head}"
     );
 
     // An h2c upgrade is not passed on: the upstream sees a plain request.
-    let (head, _) = upgrade(gw.addr, Some(&token), "h2c").await;
+    let (head, _) = upgrade(gw.addr, "/ws", Some(&token), "h2c").await;
     assert!(!head.starts_with("HTTP/1.1 101"), "{head}");
     gw.stop().await;
 }

@@ -95,6 +95,8 @@ pub struct AuthConfig {
     pub login_path: String,
     pub logout_path: String,
     pub public: Vec<PathPattern>,
+    /// Whether upgrades on public paths are tunneled without a token.
+    pub public_upgrades: bool,
     pub identity_header: HeaderName,
     pub roles_header: HeaderName,
     pub max_login_body: u64,
@@ -631,6 +633,7 @@ impl Validator<'_> {
             login_path: login_path?,
             logout_path: logout_path?,
             public: public?,
+            public_upgrades: *r.public_upgrades.get_ref(),
             identity_header: identity_header?,
             roles_header: roles_header?,
             max_login_body: max_login_body?,
@@ -857,6 +860,21 @@ mod tests {
         }
         let c = load("[server]\nmax_connections = 1000000\n").unwrap();
         assert_eq!(c.server.max_connections, MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn public_upgrades_are_off_unless_asked_for() {
+        assert!(!load("").unwrap().auth.public_upgrades);
+        assert!(
+            load("[auth]\npublic_upgrades = true\n")
+                .unwrap()
+                .auth
+                .public_upgrades
+        );
+        let p = problems("[auth]\npublic = []\npublic_upgrades = \"yes\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, Some(3));
+        assert!(p[0].key.contains("public_upgrades"), "{p:?}");
     }
 
     #[test]

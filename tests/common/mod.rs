@@ -563,3 +563,35 @@ pub async fn raw_once(addr: SocketAddr, request: &[u8], wait: Duration) -> Strin
     .await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Sends an HTTP/1.1 upgrade handshake for `path` on a new connection and
+/// reads the response head; returns it with the connection, which is the
+/// tunnel when the head is a 101.
+pub async fn upgrade(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    protocol: &str,
+) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Token {t}\r\n"));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: gw\r\n{auth}Connection: Upgrade\r\nUpgrade: {protocol}\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (String::from_utf8_lossy(&head).into_owned(), s)
+}
