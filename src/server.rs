@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::gateway::{Gateway, Peer};
+use crate::idle::{Activity, Counted};
 use crate::timer::CoarseTimer;
 
 /// The protocol settings connections are served with, from the config they
@@ -29,6 +30,9 @@ struct Protocols {
     http2: http2::Builder<TokioExecutor>,
     /// How long a new connection may stay silent before its first bytes.
     first_bytes: Duration,
+    /// How long an HTTP/2 connection may go without a stream: the header
+    /// read timeout, which is what closes an idle HTTP/1 connection.
+    h2_idle: Duration,
 }
 
 impl Protocols {
@@ -49,7 +53,7 @@ impl Protocols {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(server.max_concurrent_streams)
             .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(64)
             .max_local_error_reset_streams(256)
@@ -59,6 +63,7 @@ impl Protocols {
             http1,
             http2,
             first_bytes: server.header_read_timeout,
+            h2_idle: server.header_read_timeout,
         }
     }
 }
@@ -284,19 +289,30 @@ async fn serve_tls(
 
 /// Drives a pinned connection to its end; once `stop` fires, asks it to
 /// finish what is in flight and close (HTTP/1: after the current response;
-/// HTTP/2: GOAWAY). A macro, not a generic function: rustc cannot prove
-/// such a function's future `Send` for hyper's HTTP/2 connection (a
-/// higher-ranked lifetime error).
+/// HTTP/2: GOAWAY). When `idle()` resolves, the connection is asked to
+/// close the same way, and closed outright if it is idle again before it
+/// has (a client that never answers the GOAWAY's PING). A macro, not a
+/// generic function: rustc cannot prove such a function's future `Send`
+/// for hyper's HTTP/2 connection (a higher-ranked lifetime error).
 macro_rules! until_stopped {
-    ($conn:expr, $stop:expr) => {{
+    ($conn:expr, $stop:expr, $idle:expr) => {{
         let mut conn = $conn;
         let mut stop: Stop = $stop;
+        let idle = $idle;
         tokio::select! {
             biased;
             served = conn.as_mut() => served,
             _ = stop.changed() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
+            }
+            () = idle() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    biased;
+                    served = conn.as_mut() => served,
+                    () = idle() => Ok(()),
+                }
             }
         }
     }};
@@ -313,22 +329,29 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = peer.addr.ip();
-    // hyper keeps a slot the size of this future in every connection for
-    // its whole life: an `Answer` is a response or a boxed exchange.
-    let service = service_fn(move |req| gateway.handle(req, &peer));
     let served = match protocol {
         Protocol::Http1 => {
+            // hyper keeps a slot the size of this future in every connection
+            // for its whole life: an `Answer` is a response or a boxed exchange.
+            let service = service_fn(move |req| gateway.handle(req, &peer));
             let conn = protocols
                 .http1
                 .serve_connection(io, service)
                 .with_upgrades();
-            until_stopped!(std::pin::pin!(conn), watcher)
+            // hyper's header-read timer closes an idle HTTP/1 connection.
+            until_stopped!(std::pin::pin!(conn), watcher, std::future::pending)
         }
         // Boxed: an HTTP/2 connection's state would otherwise widen every
         // HTTP/1 connection's future to its size.
         Protocol::Http2 => {
+            let activity = Activity::new();
+            let streams = Arc::clone(&activity);
+            let service =
+                service_fn(move |req| Counted::new(streams.open(), gateway.handle(req, &peer)));
             let conn = protocols.http2.serve_connection(io, service);
-            until_stopped!(Box::pin(conn), watcher)
+            let timeout = protocols.h2_idle;
+            let tick = header_deadline_tick(timeout);
+            until_stopped!(Box::pin(conn), watcher, || activity.idle(timeout, tick))
         }
     };
     if let Err(e) = served {
