@@ -25,7 +25,8 @@
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
 //! [`control`] (the local admin channel the CLI uses while the server runs),
 //! [`backup`] (snapshots of the store),
-//! [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
+//! [`openfiles`] (the file-descriptor budget that `serve` fits
+//! `max_connections` under), [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
 //! blocking pool), [`admin`] (health and [`metrics`] on their own listener),
 //! [`cli`] (the `tokengate` commands).
 
@@ -45,6 +46,7 @@ pub mod headers;
 pub mod idle;
 pub mod login;
 pub mod metrics;
+pub mod openfiles;
 pub mod password;
 pub mod pattern;
 pub mod policy;
