@@ -133,8 +133,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
             // What `serve` would do under this process's limit, raised.
             let limit = crate::openfiles::current().hard;
             let max = config.server.max_connections;
-            let fit = crate::openfiles::fit(limit, max);
-            if let Some(text) = crate::openfiles::explain(fit, limit, max) {
+            let upstream = crate::openfiles::upstream_allowance(&config);
+            let fit = crate::openfiles::fit(limit, max, upstream);
+            if let Some(text) = crate::openfiles::explain(fit, limit, max, upstream) {
                 if fit == crate::openfiles::Fit::NoRoom {
                     bail!("{}: serve would refuse to start: {text}", path.display());
                 }
@@ -267,8 +268,9 @@ fn fit_open_files(config: &mut Config) -> anyhow::Result<()> {
         None => {}
     }
     let max = config.server.max_connections;
+    let upstream = openfiles::upstream_allowance(config);
     let fit = openfiles::apply(config, limit);
-    let text = openfiles::explain(fit, limit, max);
+    let text = openfiles::explain(fit, limit, max, upstream);
     match (fit, text) {
         (Fit::NoRoom, Some(text)) => bail!("{text}"),
         (Fit::Lowered { to }, Some(text)) => tracing::warn!(max_connections = to, "{text}"),

@@ -62,15 +62,26 @@ pub enum Fit {
     NoRoom,
 }
 
-/// Each client connection is given room for one upstream connection: the
-/// most an HTTP/1 connection uses, and what the upstream pool holds on
-/// average when every connection is busy.
-pub fn fit(limit: Option<u64>, max_connections: usize) -> Fit {
+/// The descriptors the upstream pool may hold: `None` while the pool has
+/// no cap of its own, and each client connection is given room for one
+/// (the most an HTTP/1 connection uses, and what the pool holds on average
+/// when every connection is busy).
+pub fn upstream_allowance(_config: &Config) -> Option<usize> {
+    None
+}
+
+/// Fits `max_connections` client connections, `upstream` connections
+/// (`None`: one per client connection) and [`RESERVED`] under `limit`.
+pub fn fit(limit: Option<u64>, max_connections: usize, upstream: Option<usize>) -> Fit {
     let Some(limit) = limit else {
         return Fit::Fits;
     };
-    let room = usize::try_from(limit.saturating_sub(RESERVED) / 2).unwrap_or(usize::MAX);
-    match room {
+    let free = limit.saturating_sub(RESERVED);
+    let room = match upstream {
+        None => free / 2,
+        Some(upstream) => free.saturating_sub(upstream as u64),
+    };
+    match usize::try_from(room).unwrap_or(usize::MAX) {
         0 => Fit::NoRoom,
         room if max_connections <= room => Fit::Fits,
         room => Fit::Lowered { to: room },
@@ -78,23 +89,29 @@ pub fn fit(limit: Option<u64>, max_connections: usize) -> Fit {
 }
 
 /// The budget as a sentence for the log or `check`, naming the keys.
-pub fn explain(fit: Fit, limit: Option<u64>, max_connections: usize) -> Option<String> {
+pub fn explain(
+    fit: Fit,
+    limit: Option<u64>,
+    max_connections: usize,
+    upstream: Option<usize>,
+) -> Option<String> {
     let limit = limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+    let upstream = match upstream {
+        None => "each client connection needs room for an upstream connection".to_owned(),
+        Some(n) => format!("upstream.max_connections ({n}) need room"),
+    };
+    let raise = "raise the limit (ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=)";
     match fit {
         Fit::Fits => None,
         Fit::Lowered { to } => Some(format!(
             "server.max_connections ({max_connections}) lowered to {to}: the open-file limit is \
-             {limit}, each client connection needs room for an upstream connection, and \
-             {RESERVED} files are kept for the gateway itself; raise the limit (ulimit -n, \
-             systemd LimitNOFILE=, docker --ulimit nofile=) or set server.max_connections to at \
-             most {to}"
+             {limit}, {upstream}, and {RESERVED} files are kept for the gateway itself; {raise} \
+             or set server.max_connections to at most {to}"
         )),
         Fit::NoRoom => Some(format!(
-            "the open-file limit ({limit}) leaves no room for connections: each client \
-             connection (server.max_connections) needs two files and {RESERVED} are kept for the \
-             gateway itself; raise the limit (ulimit -n, systemd LimitNOFILE=, docker --ulimit \
-             nofile=) to at least {}",
-            RESERVED + 2
+            "the open-file limit ({limit}) leaves no room for connections \
+             (server.max_connections): {upstream}, and {RESERVED} files are kept for the \
+             gateway itself; {raise}"
         )),
     }
 }
@@ -102,7 +119,11 @@ pub fn explain(fit: Fit, limit: Option<u64>, max_connections: usize) -> Option<S
 /// Applies the fit to `config` (the server then runs with the lowered
 /// cap) and returns it.
 pub fn apply(config: &mut Config, limit: Option<u64>) -> Fit {
-    let fit = fit(limit, config.server.max_connections);
+    let fit = fit(
+        limit,
+        config.server.max_connections,
+        upstream_allowance(config),
+    );
     if let Fit::Lowered { to } = fit {
         config.server.max_connections = to;
     }
@@ -115,28 +136,43 @@ mod tests {
 
     #[test]
     fn connections_fit_with_an_upstream_each_and_the_reserve() {
-        assert_eq!(fit(None, 10_000), Fit::Fits);
-        assert_eq!(fit(Some(1_048_576), 10_000), Fit::Fits);
-        assert_eq!(fit(Some(20_064), 10_000), Fit::Fits);
-        assert_eq!(fit(Some(20_063), 10_000), Fit::Lowered { to: 9_999 });
-        assert_eq!(fit(Some(1_024), 10_000), Fit::Lowered { to: 480 });
-        assert_eq!(fit(Some(256), 10), Fit::Fits);
-        assert_eq!(fit(Some(RESERVED + 2), 10), Fit::Lowered { to: 1 });
-        assert_eq!(fit(Some(RESERVED + 1), 10), Fit::NoRoom);
-        assert_eq!(fit(Some(0), 10), Fit::NoRoom);
+        let each = |limit, clients| fit(limit, clients, None);
+        assert_eq!(each(None, 10_000), Fit::Fits);
+        assert_eq!(each(Some(1_048_576), 10_000), Fit::Fits);
+        assert_eq!(each(Some(20_064), 10_000), Fit::Fits);
+        assert_eq!(each(Some(20_063), 10_000), Fit::Lowered { to: 9_999 });
+        assert_eq!(each(Some(1_024), 10_000), Fit::Lowered { to: 480 });
+        assert_eq!(each(Some(256), 10), Fit::Fits);
+        assert_eq!(each(Some(RESERVED + 2), 10), Fit::Lowered { to: 1 });
+        assert_eq!(each(Some(RESERVED + 1), 10), Fit::NoRoom);
+        assert_eq!(each(Some(0), 10), Fit::NoRoom);
     }
 
     #[test]
-    fn the_explanation_names_the_key_and_the_limit() {
-        let text = explain(Fit::Lowered { to: 480 }, Some(1024), 10_000).unwrap();
+    fn connections_fit_beside_a_capped_upstream_pool() {
+        assert_eq!(fit(Some(10_576), 10_000, Some(512)), Fit::Fits);
+        assert_eq!(
+            fit(Some(1_024), 10_000, Some(512)),
+            Fit::Lowered { to: 448 }
+        );
+        assert_eq!(fit(Some(RESERVED + 512), 10, Some(512)), Fit::NoRoom);
+        assert_eq!(fit(None, 10, Some(512)), Fit::Fits);
+    }
+
+    #[test]
+    fn the_explanation_names_the_keys_and_the_limit() {
+        let text = explain(Fit::Lowered { to: 480 }, Some(1024), 10_000, None).unwrap();
         assert!(
             text.contains("server.max_connections (10000) lowered to 480"),
             "{text}"
         );
         assert!(text.contains("limit is 1024"), "{text}");
-        let text = explain(Fit::NoRoom, Some(10), 10).unwrap();
+        let text = explain(Fit::NoRoom, Some(10), 10, None).unwrap();
         assert!(text.contains("(10) leaves no room"), "{text}");
-        assert_eq!(explain(Fit::Fits, Some(1024), 10), None);
+        let text = explain(Fit::NoRoom, Some(300), 10, Some(512)).unwrap();
+        assert!(text.contains("upstream.max_connections (512)"), "{text}");
+        assert!(text.contains("server.max_connections"), "{text}");
+        assert_eq!(explain(Fit::Fits, Some(1024), 10, None), None);
     }
 
     #[test]
