@@ -130,6 +130,20 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 crate::tls::acceptor(files)?;
             }
             print!("{}", Config::effective_toml(&text, &path, env)?);
+            // What `serve` would do under this process's limit, raised.
+            let limit = crate::openfiles::current().hard;
+            let max = config.server.max_connections;
+            let upstream = crate::openfiles::upstream_allowance(&config);
+            let fit = crate::openfiles::fit(limit, max, upstream);
+            if let Some(text) = crate::openfiles::explain(fit, limit, max, upstream) {
+                if fit == crate::openfiles::Fit::NoRoom {
+                    bail!("{}: serve would refuse to start: {text}", path.display());
+                }
+                eprintln!(
+                    "{}: note: serve under this shell's limits: {text}",
+                    path.display()
+                );
+            }
             eprintln!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -183,8 +197,9 @@ fn init_logging(config: &Config) {
     crate::accesslog::subscriber(filter, config.log.format, std::io::stderr).init();
 }
 
-fn serve(config: Config) -> anyhow::Result<ExitCode> {
+fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
+    fit_open_files(&mut config)?;
     let config = Arc::new(config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -237,6 +252,33 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Raises the open-file limit and fits `server.max_connections` under it,
+/// so that accept never fails for want of a descriptor.
+fn fit_open_files(config: &mut Config) -> anyhow::Result<()> {
+    use crate::openfiles::{self, Fit};
+    let (before, error) = openfiles::raise();
+    let limit = openfiles::current().soft;
+    match error {
+        Some(e) => {
+            tracing::warn!(error = %e, soft = ?before.soft, hard = ?before.hard, "cannot raise the open-file limit")
+        }
+        None if limit != before.soft => {
+            tracing::info!(from = ?before.soft, to = ?limit, "open-file limit raised")
+        }
+        None => {}
+    }
+    let max = config.server.max_connections;
+    let upstream = openfiles::upstream_allowance(config);
+    let fit = openfiles::apply(config, limit);
+    let text = openfiles::explain(fit, limit, max, upstream);
+    match (fit, text) {
+        (Fit::NoRoom, Some(text)) => bail!("{text}"),
+        (Fit::Lowered { to }, Some(text)) => tracing::warn!(max_connections = to, "{text}"),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Re-reads the config on each SIGHUP; a file that fails validation is
 /// logged with every problem and changes nothing.
 /// The handler is installed on the call, the reloading runs when awaited.
@@ -254,7 +296,10 @@ fn reload_on_sighup(
         while hup.recv().await.is_some() {
             tracing::info!(config = %path.display(), "SIGHUP received: reloading");
             match Config::load(&path, |key| std::env::var(key).ok()) {
-                Ok(config) => {
+                Ok(mut config) => {
+                    // Fitted as at start, so the cap compares equal and
+                    // the reload does not warn of a change.
+                    crate::openfiles::apply(&mut config, crate::openfiles::current().soft);
                     if reloads.send(config).await.is_err() {
                         return;
                     }

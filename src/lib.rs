@@ -6,7 +6,8 @@
 //! A request flows one way through these modules:
 //!
 //! - [`server`]: accepts connections, serves HTTP/1.1 and h2c, drains on
-//!   shutdown; [`timer`] keeps the header-read deadlines
+//!   shutdown; [`timer`] keeps the header-read deadlines, [`idle`] tells
+//!   when an HTTP/2 connection has had no stream for as long
 //! - [`gateway`]: the pipeline — target check, login/logout, authenticate, authorize, forward, log
 //! - [`canonical`]: the one canonical form of a path that every decision uses
 //! - [`login`]: the login endpoint (the only body the gateway reads), rate-limited by [`throttle`]
@@ -24,7 +25,8 @@
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
 //! [`control`] (the local admin channel the CLI uses while the server runs),
 //! [`backup`] (snapshots of the store),
-//! [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
+//! [`openfiles`] (the file-descriptor budget that `serve` fits
+//! `max_connections` under), [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
 //! blocking pool), [`admin`] (health and [`metrics`] on their own listener),
 //! [`cli`] (the `tokengate` commands).
 
@@ -41,8 +43,10 @@ pub mod connection;
 pub mod control;
 pub mod gateway;
 pub mod headers;
+pub mod idle;
 pub mod login;
 pub mod metrics;
+pub mod openfiles;
 pub mod password;
 pub mod pattern;
 pub mod policy;

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -19,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::gateway::{Gateway, Peer};
+use crate::idle::{Activity, Counted};
 use crate::timer::CoarseTimer;
 
 /// The protocol settings connections are served with, from the config they
@@ -29,6 +31,9 @@ struct Protocols {
     http2: http2::Builder<TokioExecutor>,
     /// How long a new connection may stay silent before its first bytes.
     first_bytes: Duration,
+    /// How long an HTTP/2 connection may go without a stream: the header
+    /// read timeout, which is what closes an idle HTTP/1 connection.
+    h2_idle: Duration,
 }
 
 impl Protocols {
@@ -49,7 +54,7 @@ impl Protocols {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(server.max_concurrent_streams)
             .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(64)
             .max_local_error_reset_streams(256)
@@ -59,6 +64,7 @@ impl Protocols {
             http1,
             http2,
             first_bytes: server.header_read_timeout,
+            h2_idle: server.header_read_timeout,
         }
     }
 }
@@ -112,6 +118,69 @@ fn negotiated<I>(tls: &tokio_rustls::server::TlsStream<I>) -> Protocol {
     }
 }
 
+/// How long the listener waits after an accept failed for want of a
+/// resource, before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The most connections shed in one go when descriptors run out.
+const MAX_SHED: usize = 1024;
+
+/// A descriptor held back for when accept fails for want of one. It is let
+/// go so that the connections waiting in the backlog can be accepted and
+/// closed at once, their clients told rather than left hanging, and the
+/// listener is not left readable with nothing it can take; then it is
+/// taken again.
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn take() -> Self {
+        Self(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Takes the spare again if a shortage left it free.
+    fn restore(&mut self) {
+        if self.0.is_none() {
+            *self = Self::take();
+        }
+    }
+
+    /// Accepts and closes what waits in the backlog; returns how many.
+    fn shed(&mut self, listener: &TcpListener) -> usize {
+        self.0 = None;
+        let mut waker = Context::from_waker(Waker::noop());
+        let mut shed = 0;
+        while shed < MAX_SHED {
+            match listener.poll_accept(&mut waker) {
+                Poll::Ready(Ok((stream, _))) => {
+                    drop(stream);
+                    shed += 1;
+                }
+                Poll::Ready(Err(_)) | Poll::Pending => break,
+            }
+        }
+        // Taken back at once when the shed freed it; else when accepting
+        // works again.
+        self.restore();
+        shed
+    }
+}
+
+/// Errors of one connection that failed in the backlog (Linux reports
+/// them from accept): the next one may be fine.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionAborted | ConnectionReset)
+}
+
+/// The process or the system is out of descriptors or socket memory.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+    )
+}
+
 /// Serves until `shutdown` resolves, then waits up to `shutdown_timeout` for
 /// requests in flight and flushes the store.
 pub async fn serve(
@@ -131,19 +200,41 @@ pub async fn serve(
     );
     tokio::pin!(shutdown);
 
+    let mut spare = Spare::take();
+    // Connections shed since descriptors ran out; `None` while accepting.
+    let mut shortage: Option<usize> = None;
+
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err(e) if is_per_connection(&e) => {
+                    tracing::debug!(error = %e, "a connection failed before it was accepted");
                     continue;
+                }
+                Err(e) => {
+                    if out_of_descriptors(&e) {
+                        let shed = spare.shed(&listener);
+                        if shortage.is_none() {
+                            tracing::warn!(error = %e, shed, "out of file descriptors: closing connections at accept until some are free");
+                        }
+                        shortage = Some(shortage.unwrap_or(0) + shed);
+                    } else {
+                        tracing::warn!(error = %e, "accept failed");
+                    }
+                    // Back off instead of spinning, but not past a shutdown.
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
         };
+        if let Some(shed) = shortage.take() {
+            tracing::warn!(shed, "accepting again: descriptors are free");
+            spare.restore();
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(client = %addr.ip(), "connection limit reached; closing new connection");
             drop(stream);
@@ -284,19 +375,30 @@ async fn serve_tls(
 
 /// Drives a pinned connection to its end; once `stop` fires, asks it to
 /// finish what is in flight and close (HTTP/1: after the current response;
-/// HTTP/2: GOAWAY). A macro, not a generic function: rustc cannot prove
-/// such a function's future `Send` for hyper's HTTP/2 connection (a
-/// higher-ranked lifetime error).
+/// HTTP/2: GOAWAY). When `idle()` resolves, the connection is asked to
+/// close the same way, and closed outright if it is idle again before it
+/// has (a client that never answers the GOAWAY's PING). A macro, not a
+/// generic function: rustc cannot prove such a function's future `Send`
+/// for hyper's HTTP/2 connection (a higher-ranked lifetime error).
 macro_rules! until_stopped {
-    ($conn:expr, $stop:expr) => {{
+    ($conn:expr, $stop:expr, $idle:expr) => {{
         let mut conn = $conn;
         let mut stop: Stop = $stop;
+        let idle = $idle;
         tokio::select! {
             biased;
             served = conn.as_mut() => served,
             _ = stop.changed() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
+            }
+            () = idle() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    biased;
+                    served = conn.as_mut() => served,
+                    () = idle() => Ok(()),
+                }
             }
         }
     }};
@@ -313,22 +415,29 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = peer.addr.ip();
-    // hyper keeps a slot the size of this future in every connection for
-    // its whole life: an `Answer` is a response or a boxed exchange.
-    let service = service_fn(move |req| gateway.handle(req, &peer));
     let served = match protocol {
         Protocol::Http1 => {
+            // hyper keeps a slot the size of this future in every connection
+            // for its whole life: an `Answer` is a response or a boxed exchange.
+            let service = service_fn(move |req| gateway.handle(req, &peer));
             let conn = protocols
                 .http1
                 .serve_connection(io, service)
                 .with_upgrades();
-            until_stopped!(std::pin::pin!(conn), watcher)
+            // hyper's header-read timer closes an idle HTTP/1 connection.
+            until_stopped!(std::pin::pin!(conn), watcher, std::future::pending)
         }
         // Boxed: an HTTP/2 connection's state would otherwise widen every
         // HTTP/1 connection's future to its size.
         Protocol::Http2 => {
+            let activity = Activity::new();
+            let streams = Arc::clone(&activity);
+            let service =
+                service_fn(move |req| Counted::new(streams.open(), gateway.handle(req, &peer)));
             let conn = protocols.http2.serve_connection(io, service);
-            until_stopped!(Box::pin(conn), watcher)
+            let timeout = protocols.h2_idle;
+            let tick = header_deadline_tick(timeout);
+            until_stopped!(Box::pin(conn), watcher, || activity.idle(timeout, tick))
         }
     };
     if let Err(e) = served {
@@ -387,6 +496,47 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         client.write_all(&H2_PREFACE[5..]).await.unwrap();
         assert_eq!(sniffing.await.unwrap(), Protocol::Http2);
+    }
+
+    #[tokio::test]
+    async fn shedding_closes_every_waiting_connection_and_keeps_the_spare() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut spare = Spare::take();
+        // Connected is not yet queued for accept on every kernel at once:
+        // shed until all three are gone, a bounded number of times.
+        let mut shed = 0;
+        for _ in 0..100 {
+            shed += spare.shed(&listener);
+            if shed == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(shed, 3);
+        assert!(spare.0.is_some(), "the spare was not taken back");
+        for mut client in clients {
+            let mut buf = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await;
+            assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+        }
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_told_from_a_failed_connection() {
+        use std::io::{Error, ErrorKind};
+        for errno in [24, 23, 105, 12] {
+            let e = Error::from_raw_os_error(errno);
+            assert!(out_of_descriptors(&e), "{e}");
+            assert!(!is_per_connection(&e), "{e}");
+        }
+        let aborted = Error::from(ErrorKind::ConnectionAborted);
+        assert!(is_per_connection(&aborted) && !out_of_descriptors(&aborted));
     }
 
     #[tokio::test]

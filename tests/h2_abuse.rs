@@ -406,10 +406,11 @@ async fn rapid_reset_burst_is_cut_off_by_goaway_enhance_your_calm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_past_256_are_refused_and_a_refusal_flood_is_cut_off() {
-    // The h2 client honours the server's SETTINGS and never exceeds 256
-    // streams; a hostile one sends them before reading the SETTINGS.
-    const LIMIT: u32 = 256;
+async fn streams_past_the_limit_are_refused_and_a_refusal_flood_is_cut_off() {
+    // The h2 client honours the server's SETTINGS and never exceeds its
+    // limit (`max_concurrent_streams`, 100 by default); a hostile one
+    // sends them before reading the SETTINGS.
+    const LIMIT: u32 = 100;
     const OPENED: u32 = 300;
     let (_up, seen, gw, token) = setup().await;
     let authority = gw.addr.to_string();
@@ -468,11 +469,12 @@ async fn streams_past_256_are_refused_and_a_refusal_flood_is_cut_off() {
     // HPACK static index 8 is `:status: 200`.
     assert_eq!(answer.payload.first(), Some(&0x88), "not a 200: {answer:?}");
 
-    // Other clients are served while 255 streams stay held.
+    // Other clients are served while 99 streams stay held.
     assert_still_serving(&gw, &token, "/while-held").await;
 
     // Hammering past the limit: every refusal counts against 256 local
-    // resets per connection, then the server sends GOAWAY and closes.
+    // resets per connection (these 200 included), then the server sends
+    // GOAWAY and closes.
     let mut flood = Vec::new();
     for n in OPENED..OPENED + 600 {
         flood.extend(held_stream(
@@ -674,5 +676,170 @@ async fn endless_continuation_frames_are_cut_off() {
     }
     assert_eq!(upstream_count(&seen, "/continuation"), 0);
     assert_still_serving(&gw, &token, "/after-continuation").await;
+    gw.stop().await;
+}
+
+/// A gateway as in `setup`, with `lines` added to its `[server]` section.
+async fn setup_with(lines: &str) -> (EchoUpstream, Recorded, Gateway, String) {
+    let (up, seen) = recording_echo_upstream().await;
+    let gw = Gateway::start_edited(&format!("http://{}", up.addr), "", |text| {
+        text.replace("\ntimeout = \"2s\"", "\ntimeout = \"60s\"")
+            .replacen("[server]\n", &format!("[server]\n{lines}"), 1)
+    })
+    .await;
+    gw.add_user("alice", "correct horse", &[]);
+    let token = gw.login("alice", "correct horse").await;
+    (up, seen, gw, token)
+}
+
+/// The value of `id` in the first SETTINGS frame the server sends.
+async fn advertised(conn: &mut RawConn, id: u16) -> Option<u32> {
+    loop {
+        let frame = conn.next().await.expect("closed before its SETTINGS");
+        if frame.kind == wire::SETTINGS && frame.flags & wire::ACK == 0 {
+            return frame.payload.chunks_exact(6).find_map(|entry| {
+                (u16::from_be_bytes([entry[0], entry[1]]) == id)
+                    .then(|| u32::from_be_bytes(entry[2..6].try_into().unwrap()))
+            });
+        }
+    }
+}
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2).
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_concurrent_streams_are_capped() {
+    // Each stream may hold an upstream connection: 256 per connection let
+    // four anonymous clients open over a thousand. The default is 100,
+    // and the configured cap is what the server advertises and enforces.
+    let (_up, _seen, gw, _token) = setup().await;
+    let mut conn = RawConn::open(gw.addr).await;
+    let default = advertised(&mut conn, MAX_CONCURRENT_STREAMS).await;
+    assert_eq!(default, Some(100), "the default cap");
+    gw.stop().await;
+
+    const CAP: u32 = 8;
+    let (_up, seen, gw, token) = setup_with(&format!("max_concurrent_streams = {CAP}\n")).await;
+    let authority = gw.addr.to_string();
+    let mut conn = RawConn::open(gw.addr).await;
+    assert_eq!(
+        advertised(&mut conn, MAX_CONCURRENT_STREAMS).await,
+        Some(CAP)
+    );
+    // Two streams past the cap, sent before the client could have read
+    // the SETTINGS, then a PING whose ACK follows every answer to them.
+    let mut burst = Vec::new();
+    for n in 0..CAP + 2 {
+        burst.extend(held_stream(
+            stream_id(n),
+            &authority,
+            &format!("/capped/{n}"),
+            &token,
+        ));
+    }
+    burst.extend(ping(b"counted!"));
+    conn.send(&burst).await;
+    let mut refused = Vec::new();
+    loop {
+        let frame = conn.next().await.expect("closed before the PING ACK");
+        match frame.kind {
+            wire::PING if frame.flags & wire::ACK != 0 => break,
+            wire::RST_STREAM => refused.push((frame.stream, frame.error_code())),
+            wire::GOAWAY => panic!("the connection was ended: {frame:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        refused,
+        [
+            (stream_id(CAP), wire::REFUSED_STREAM),
+            (stream_id(CAP + 1), wire::REFUSED_STREAM)
+        ],
+        "not exactly the streams past {CAP} were refused"
+    );
+    let refused_paths = [format!("/capped/{CAP}"), format!("/capped/{}", CAP + 1)];
+    assert!(
+        refused_paths
+            .iter()
+            .all(|path| upstream_count(&seen, path) == 0),
+        "a refused stream reached the upstream"
+    );
+    assert_still_serving(&gw, &token, "/while-capped").await;
+    gw.stop().await;
+}
+
+/// Reads until the server closes the connection; the GOAWAY frames it
+/// sent on the way. `ack_pings`: answer the server's PINGs (the graceful
+/// GOAWAY waits for one), as a well-behaved client does.
+async fn until_closed(conn: &mut RawConn, ack_pings: bool) -> Vec<wire::Frame> {
+    let mut goaways = Vec::new();
+    while let Some(frame) = conn.next().await {
+        match frame.kind {
+            wire::GOAWAY => goaways.push(frame),
+            wire::PING if ack_pings && frame.flags & wire::ACK == 0 => {
+                let mut ack = Vec::new();
+                wire::frame(&mut ack, wire::PING, wire::ACK, 0, &frame.payload);
+                let _ = conn.write.write_all(&ack).await;
+            }
+            _ => {}
+        }
+    }
+    goaways
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_get_goaway() {
+    // An HTTP/2 connection without streams held its max_connections slot
+    // for as long as the client liked. With no stream open for the header
+    // read timeout, it gets a graceful GOAWAY and is closed, whether or not
+    // the client answers the GOAWAY's PING; one with a stream open stays.
+    let (_up, seen, gw, token) = setup_with("header_read_timeout = \"1s\"\n").await;
+    let authority = gw.addr.to_string();
+
+    let mut busy = RawConn::open(gw.addr).await;
+    busy.send(&held_stream(stream_id(0), &authority, "/held", &token))
+        .await;
+    let mut idle = RawConn::open(gw.addr).await;
+    let goaways = until_closed(&mut idle, false).await;
+    assert!(
+        goaways.iter().any(|g| g.error_code() == 0),
+        "closed without a GOAWAY NO_ERROR: {goaways:?}"
+    );
+    // A second idle timeout, for a well-behaved client: the held stream
+    // has now been open for at least two.
+    let mut polite = RawConn::open(gw.addr).await;
+    let goaways = until_closed(&mut polite, true).await;
+    assert!(
+        goaways.iter().any(|g| g.error_code() == 0),
+        "closed without a GOAWAY NO_ERROR: {goaways:?}"
+    );
+    assert_eq!(
+        upstream_count(&seen, "/held"),
+        1,
+        "the stream never got out"
+    );
+
+    // The busy connection is still open and was not told to go away: its
+    // stream is answered once its body ends.
+    let mut end = Vec::new();
+    wire::frame(&mut end, wire::DATA, wire::END_STREAM, stream_id(0), &[]);
+    busy.send(&end).await;
+    let answer = loop {
+        let frame = busy.next().await.expect("the busy connection was closed");
+        assert_ne!(frame.kind, wire::GOAWAY, "{frame:?}");
+        if frame.stream == stream_id(0) && frame.kind == wire::HEADERS {
+            break frame;
+        }
+    };
+    // HPACK static index 8 is `:status: 200`.
+    assert_eq!(answer.payload.first(), Some(&0x88), "not a 200: {answer:?}");
+    // Idle once the answer is out, it goes the same way.
+    let goaways = until_closed(&mut busy, true).await;
+    assert!(
+        goaways.iter().any(|g| g.error_code() == 0),
+        "closed without a GOAWAY NO_ERROR: {goaways:?}"
+    );
+    assert_still_serving(&gw, &token, "/after-idle").await;
     gw.stop().await;
 }

@@ -45,6 +45,9 @@ pub struct Config {
 /// The most `server.max_connections` may be.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 
+/// The most `server.max_concurrent_streams` may be.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1_000;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -60,6 +63,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Deadline for a TLS handshake to complete.
     pub tls_handshake_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open at once; each may hold
+    /// an upstream connection, so this bounds what one client can take.
+    pub max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -482,6 +488,16 @@ impl Validator<'_> {
             &r.tls_handshake_timeout,
             |d| positive(d),
         );
+        let max_concurrent_streams = self.parse(
+            "server.max_concurrent_streams",
+            &r.max_concurrent_streams,
+            |n| {
+                u32::try_from(*n)
+                    .ok()
+                    .filter(|n| (1..=MAX_CONCURRENT_STREAMS).contains(n))
+                    .ok_or_else(|| format!("must be between 1 and {MAX_CONCURRENT_STREAMS}"))
+            },
+        );
         Some(ServerConfig {
             listen: listen?,
             tls: tls?,
@@ -491,6 +507,7 @@ impl Validator<'_> {
             max_header_size: max_header_size?,
             shutdown_timeout: shutdown_timeout?,
             tls_handshake_timeout: tls_handshake_timeout?,
+            max_concurrent_streams: max_concurrent_streams?,
         })
     }
 
@@ -875,6 +892,19 @@ mod tests {
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].line, Some(3));
         assert!(p[0].key.contains("public_upgrades"), "{p:?}");
+    }
+
+    #[test]
+    fn max_concurrent_streams_defaults_to_100_and_is_bounded() {
+        assert_eq!(load("").unwrap().server.max_concurrent_streams, 100);
+        for n in ["0", "1001", "4294967296"] {
+            let p = problems(&format!("[server]\nmax_concurrent_streams = {n}\n"));
+            assert_eq!(p.len(), 1, "{n}: {p:?}");
+            assert_eq!(p[0].key, "server.max_concurrent_streams");
+            assert_eq!(p[0].line, Some(2));
+        }
+        let c = load("[server]\nmax_concurrent_streams = 1000\n").unwrap();
+        assert_eq!(c.server.max_concurrent_streams, MAX_CONCURRENT_STREAMS);
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub struct RawServer {
     pub max_header_size: Spanned<String>,
     pub shutdown_timeout: Spanned<String>,
     pub tls_handshake_timeout: Spanned<String>,
+    pub max_concurrent_streams: Spanned<u64>,
 }
 
 impl Default for RawServer {
@@ -52,6 +53,7 @@ impl Default for RawServer {
             max_header_size: s("64KiB"),
             shutdown_timeout: s("30s"),
             tls_handshake_timeout: s("10s"),
+            max_concurrent_streams: Spanned::new(0..0, 100),
         }
     }
 }

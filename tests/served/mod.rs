@@ -24,6 +24,9 @@ pub struct Env {
     pub vars: Vec<(String, String)>,
     /// Run every command as this uid (and gid), when the test is root.
     pub as_user: Option<u32>,
+    /// Arguments for the shell's `ulimit` before every command (e.g.
+    /// `-n 256`): the limit a service manager would give it.
+    pub ulimit: Option<String>,
 }
 
 impl Env {
@@ -37,6 +40,7 @@ impl Env {
             config: path,
             vars: Vec::new(),
             as_user: None,
+            ulimit: None,
         }
     }
 
@@ -45,7 +49,16 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = match &self.ulimit {
+            None => Command::new(BIN),
+            Some(limit) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                c
+            }
+        };
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
