@@ -23,7 +23,8 @@
 //!
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
 //! [`control`] (the local admin channel the CLI uses while the server runs),
-//! [`backup`] (snapshots of the store),
+//! [`backup`] (snapshots of the store), [`files`] (the store directory's
+//! modes and owner, backups' private temporary files),
 //! [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
 //! blocking pool), [`admin`] (health and [`metrics`] on their own listener),
 //! [`cli`] (the `tokengate` commands).
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod files;
 pub mod gateway;
 pub mod headers;
 pub mod login;
