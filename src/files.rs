@@ -101,6 +101,19 @@ pub fn make_store_private(dir: &Path) -> Result<(), StoreDirError> {
 const MAX_DEPTH: usize = 2;
 
 fn make_private(store: &Path, path: &Path, uid: u32, depth: usize) -> Result<(), StoreDirError> {
+    match make_private_inner(store, path, uid, depth) {
+        // sled's threads replace and remove snapshots while the store is open.
+        Err(StoreDirError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn make_private_inner(
+    store: &Path,
+    path: &Path,
+    uid: u32,
+    depth: usize,
+) -> Result<(), StoreDirError> {
     let io_err = |source| StoreDirError::Io {
         path: path.to_path_buf(),
         source,
