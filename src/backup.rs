@@ -4,13 +4,13 @@
 //! truncated file is refused rather than half-restored. The file holds
 //! password hashes and token digests (no usable token): it is written 0600.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::Replacement;
 use crate::store::{Store, StoreError};
 
 const FORMAT: &str = "tokengate-backup";
@@ -55,22 +55,18 @@ pub enum BackupError {
     Store(#[from] StoreError),
 }
 
-/// Writes a snapshot of `store` to `path` (through a temporary file, fsynced,
-/// then renamed, so `path` is never half-written). Returns the entry count.
+/// Writes a snapshot of `store` to `path` through a private temporary file
+/// (`crate::files::Replacement`), so `path` is never half-written and no
+/// other user can read or redirect the snapshot on its way. Both the CLI's
+/// own store and a running server's admin channel write through here.
+/// Returns the entry count.
 pub fn backup(store: &Store, path: &Path) -> Result<usize, BackupError> {
     let write_err = |source| BackupError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp-backup");
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(write_err)?;
-    let mut out = BufWriter::new(file);
+    let tmp = Replacement::create(path).map_err(write_err)?;
+    let mut out = BufWriter::new(tmp.file());
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -93,16 +89,11 @@ pub fn backup(store: &Store, path: &Path) -> Result<usize, BackupError> {
         Ok(())
     })?;
     if let Some(e) = io_failure {
-        let _ = std::fs::remove_file(&tmp);
         return Err(write_err(e));
     }
     line(&mut out, &Footer { entries: count }).map_err(write_err)?;
-    let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
-    file.sync_all().map_err(write_err)?;
-    std::fs::rename(&tmp, path).map_err(write_err)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = File::open(dir).and_then(|d| d.sync_all());
-    }
+    out.into_inner().map_err(|e| write_err(e.into_error()))?;
+    tmp.commit().map_err(write_err)?;
     Ok(count)
 }
 
@@ -113,6 +104,10 @@ pub fn restore(store: &Store, path: &Path) -> Result<usize, BackupError> {
         path: path.to_path_buf(),
         why,
     };
+    // A link is followed: the path is the operator's (the admin channel
+    // takes it only from the server's own user), and reading through a
+    // link (`latest.jsonl`) hands nobody anything the operator could not
+    // read; only the writing side needs to distrust names.
     let file = File::open(path).map_err(|source| BackupError::Read {
         path: path.to_path_buf(),
         source,

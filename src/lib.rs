@@ -24,7 +24,8 @@
 //!
 //! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
 //! [`control`] (the local admin channel the CLI uses while the server runs),
-//! [`backup`] (snapshots of the store),
+//! [`backup`] (snapshots of the store), [`files`] (the store directory's
+//! modes and owner, backups' private temporary files),
 //! [`openfiles`] (the file-descriptor budget that `serve` fits
 //! `max_connections` under), [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
 //! blocking pool), [`admin`] (health and [`metrics`] on their own listener),
@@ -41,6 +42,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod files;
 pub mod gateway;
 pub mod headers;
 pub mod idle;

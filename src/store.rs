@@ -20,7 +20,6 @@
 //! is durable and the generation has moved on, for the tunnel to close.
 
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -98,6 +97,8 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    #[error(transparent)]
+    NotPrivate(#[from] crate::files::StoreDirError),
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
     #[error(
@@ -311,16 +312,9 @@ fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreEr
 }
 
 fn open_handles(path: &Path) -> Result<Handles, StoreError> {
-    // Password hashes live here: owner-only, whoever creates it.
-    let open_err = |source: std::io::Error| StoreError::Open {
-        path: path.to_path_buf(),
-        source: sled::Error::Io(source),
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(open_err)?;
+    // Password hashes live here: owner-only before sled looks inside, and
+    // again once sled has created its files (with the umask's mode).
+    crate::files::make_store_private(path)?;
     let db = sled::Config::new()
         .path(path)
         .cache_capacity(CACHE_BYTES)
@@ -346,12 +340,14 @@ fn open_handles(path: &Path) -> Result<Handles, StoreError> {
             source,
         })
     };
-    Ok(Handles {
+    let handles = Handles {
         users: tree("users")?,
         tokens: tree("tokens")?,
         user_tokens: tree("user_tokens")?,
         db,
-    })
+    };
+    crate::files::make_store_private(path)?;
+    Ok(handles)
 }
 
 /// Whether the disk under `dir` takes writes again: writes, syncs and

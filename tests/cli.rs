@@ -765,3 +765,157 @@ async fn user_and_token_commands_go_through_a_running_server() {
     assert_eq!(r.status, 401, "{}", r.text());
     gw.stop().await;
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// A backup `cli` can restore: `alice` comes back.
+fn assert_restores_alice(backup: &Path) {
+    let fresh = Cli::new();
+    fresh.ok(&["restore", backup.to_str().unwrap()]);
+    let users = users_by_name(&fresh.json(&["user", "list", "--json"]));
+    assert!(users.contains_key("alice"), "{users:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_does_not_follow_a_planted_symlink() {
+    let cli = std::sync::Arc::new(Cli::new());
+    cli.add_user("alice", "pw", &[]);
+    let victim = cli.dir.path().join("victim.txt");
+    std::fs::write(&victim, "the gateway user's own file\n").unwrap();
+    // The name `backup` used to write through, planted by another user,
+    // first with the store opened by the CLI, then through a server.
+    let plant = |target: &Path| {
+        std::os::unix::fs::symlink(&victim, target.with_extension("tmp-backup")).unwrap();
+    };
+    let offline = cli.dir.path().join("offline.jsonl");
+    plant(&offline);
+    cli.ok(&["backup", offline.to_str().unwrap()]);
+
+    let up = echo_upstream().await;
+    let (gw, _reload) = Gateway::start_text(&cli.gateway_config(up.addr), |_| {}).await;
+    let store = cli.store_path();
+    tokio::task::spawn_blocking(move || wait_for_socket(&store))
+        .await
+        .unwrap();
+    let served = cli.dir.path().join("served.jsonl");
+    plant(&served);
+    let c = cli.clone();
+    let s = served.clone();
+    tokio::task::spawn_blocking(move || c.ok(&["backup", s.to_str().unwrap()]))
+        .await
+        .unwrap();
+    gw.stop().await;
+
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "the gateway user's own file\n",
+        "the backup was written through the planted link"
+    );
+    for backup in [&offline, &served] {
+        let meta = std::fs::symlink_metadata(backup).unwrap();
+        assert!(meta.is_file(), "{} is not a plain file", backup.display());
+        assert_restores_alice(backup);
+    }
+}
+
+#[test]
+fn backup_file_is_private() {
+    let cli = Cli::new();
+    cli.add_user("alice", "pw", &[]);
+    let target = cli.dir.path().join("snap.jsonl");
+    // An old world-readable backup, and the old temporary name planted as
+    // a world-readable file by someone waiting to read the next snapshot.
+    let planted = target.with_extension("tmp-backup");
+    for file in [&target, &planted] {
+        std::fs::write(file, "").unwrap();
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    }
+    cli.ok(&["backup", target.to_str().unwrap()]);
+    assert_eq!(mode(&target), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&planted).unwrap_or_default(),
+        "",
+        "the snapshot went into the planted file"
+    );
+    assert_restores_alice(&target);
+}
+
+/// Every file and directory under `dir`, itself included.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < all.len() {
+        if all[i].is_dir() {
+            for e in std::fs::read_dir(&all[i]).unwrap() {
+                all.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+#[test]
+fn store_created_by_user_add_is_private() {
+    let cli = Cli::new();
+    let store = cli.store_path();
+    std::fs::create_dir(&store).unwrap();
+    std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    cli.add_user("alice", "pw", &[]);
+    let all = walk(&store);
+    assert!(all.len() > 2, "sled's files: {all:?}");
+    for path in all {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&path), want, "{}", path.display());
+    }
+}
+
+#[test]
+fn a_store_owned_by_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let cli = Cli::new();
+    let uid = std::fs::metadata(cli.dir.path()).unwrap().uid();
+    if uid != 0 {
+        eprintln!("SKIPPED: only root can give a directory to another user (running as uid {uid})");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let store = cli.store_path();
+    std::fs::create_dir(&store).unwrap();
+    std::os::unix::fs::chown(&store, Some(NOBODY), Some(NOBODY)).unwrap();
+    let out = cli.run(&["user", "list"]);
+    assert!(!out.status.success(), "a store owned by nobody was used");
+    let err = stderr(&out);
+    assert!(
+        err.contains("belongs to uid 65534") && err.contains("chown -R 0"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&store).unwrap().count(),
+        0,
+        "sled created files in it"
+    );
+
+    // Our own directory, but one of sled's files is someone else's.
+    std::os::unix::fs::chown(&store, Some(0), Some(0)).unwrap();
+    cli.add_user("alice", "pw", &[]);
+    std::os::unix::fs::chown(store.join("db"), Some(NOBODY), None).unwrap();
+    let out = cli.run(&["user", "list"]);
+    assert!(
+        !out.status.success(),
+        "a store file owned by nobody was used"
+    );
+    assert!(
+        stderr(&out).contains("belongs to uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+}
