@@ -60,15 +60,29 @@ impl Login<'_> {
         let username = loggable(&form.username);
         let client = self.client;
 
-        // Checked before any argon2 work, so a limited attacker costs nothing.
-        if let Err((which, wait)) = self.throttle.check(client, &form.username, Instant::now()) {
-            tracing::warn!(%client, user = %username, limited_by = ?which, retry_after_s = wait.as_secs(), "login limited");
-            // A tarpit: a client flooding logins gets one answer per delay
-            // and connection, so the flood costs timers, not the CPU that
-            // authenticated traffic needs (and the log sees a line per delay).
-            let delay = self.limited_delay.min(wait);
-            tokio::time::sleep(delay).await;
-            return Err(LoginRejection::Limited(wait - delay).into());
+        // Reserved before any argon2 work, so a limited attacker costs
+        // nothing, and parallel guesses count before they are hashed.
+        let attempt = match self
+            .throttle
+            .reserve(client, &form.username, Instant::now())
+        {
+            Ok(attempt) => attempt,
+            Err((which, wait)) => {
+                tracing::warn!(%client, user = %username, limited_by = ?which, retry_after_s = wait.as_secs(), "login limited");
+                // A tarpit: a client flooding logins gets one answer per delay
+                // and connection, so the flood costs timers, not the CPU that
+                // authenticated traffic needs (and the log sees a line per delay).
+                let delay = self.limited_delay.min(wait);
+                tokio::time::sleep(delay).await;
+                return Err(LoginRejection::Limited(wait - delay).into());
+            }
+        };
+        // Many failures across all clients slow every login down, for a
+        // spray from many addresses that no per-key count sees.
+        let slowed = self.throttle.global_delay(Instant::now());
+        if !slowed.is_zero() {
+            tracing::debug!(%client, delay_ms = slowed.as_millis(), "login slowed by the global failure budget");
+            tokio::time::sleep(slowed).await;
         }
 
         let user = match self.store.user(&form.username) {
@@ -90,13 +104,13 @@ impl Login<'_> {
             Some(user) if verified && !user.disabled => user,
             _ => {
                 tracing::info!(%client, user = %username, "login failed");
-                if let Some(ban) = self.throttle.fail(client, &form.username, Instant::now()) {
+                if let Some(ban) = attempt.fail(Instant::now()) {
                     tracing::warn!(%client, user = %username, ban_s = ban.as_secs(), "login ban started");
                 }
                 return Err(LoginRejection::BadCredentials.into());
             }
         };
-        self.throttle.succeed(&form.username);
+        attempt.succeed();
 
         let store = self.store.clone();
         let ttl = self.token_ttl;

@@ -718,6 +718,25 @@ impl Validator<'_> {
                 Ok(delay)
             }
         });
+        let global_failure_rate = self.parse(
+            "throttle.global_failure_rate",
+            &r.global_failure_rate,
+            |n| {
+                if (1..=1_000_000).contains(n) {
+                    Ok(*n)
+                } else {
+                    Err("must be between 1 and 1000000".into())
+                }
+            },
+        );
+        let global_max_delay = self.parse("throttle.global_max_delay", &r.global_max_delay, |d| {
+            let delay = parse_duration(d)?;
+            if delay > Duration::from_secs(10) {
+                Err("must be at most 10s".into())
+            } else {
+                Ok(delay)
+            }
+        });
         Some(ThrottleConfig {
             enabled: *r.enabled.get_ref(),
             max_failures: max_failures?,
@@ -726,6 +745,8 @@ impl Validator<'_> {
             max_ban: max_ban?,
             max_tracked: max_tracked?,
             limited_delay: limited_delay?,
+            global_failure_rate: global_failure_rate?,
+            global_max_delay: global_max_delay?,
         })
     }
 
@@ -935,6 +956,24 @@ mod tests {
         assert!(
             shown.contains("/etc/tg/tokengate.toml:2: key `server.listen`"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn the_global_failure_budget_has_defaults_and_bounds() {
+        let c = load("").unwrap();
+        assert_eq!(c.throttle.global_failure_rate, 10);
+        assert_eq!(c.throttle.global_max_delay, Duration::from_secs(2));
+        let c = load("[throttle]\nglobal_max_delay = \"0s\"\n").unwrap();
+        assert_eq!(c.throttle.global_max_delay, Duration::ZERO);
+        let p = problems("[throttle]\nglobal_failure_rate = 0\nglobal_max_delay = \"1m\"\n");
+        let keys: Vec<_> = p.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("throttle.global_failure_rate", Some(2)),
+                ("throttle.global_max_delay", Some(3))
+            ]
         );
     }
 

@@ -179,6 +179,8 @@ pub struct RawThrottle {
     pub max_ban: Spanned<String>,
     pub max_tracked: Spanned<u64>,
     pub limited_delay: Spanned<String>,
+    pub global_failure_rate: Spanned<u32>,
+    pub global_max_delay: Spanned<String>,
 }
 
 impl Default for RawThrottle {
@@ -193,6 +195,8 @@ impl Default for RawThrottle {
             max_ban: s("1h"),
             max_tracked: Spanned::new(0..0, 100_000),
             limited_delay: s("1s"),
+            global_failure_rate: Spanned::new(0..0, 10),
+            global_max_delay: s("2s"),
         }
     }
 }
