@@ -79,6 +79,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Extra trust roots (PEM) for an https upstream with a private CA.
     pub ca_file: Option<PathBuf>,
+    /// Request headers removed before forwarding, in every spelling.
+    pub strip_headers: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -503,10 +505,29 @@ impl Validator<'_> {
             self.parse("upstream.pool_idle_timeout", &r.pool_idle_timeout, |d| {
                 positive(d)
             });
+        let mut strip_headers = Some(Vec::new());
+        for h in &r.strip_headers {
+            let name = self.parse("upstream.strip_headers", h, |h| {
+                let name = header_name(h)?;
+                // The gateway frames and routes the request with these.
+                if ["host", "content-length", "transfer-encoding"]
+                    .iter()
+                    .any(|framing| crate::headers::same_header(name.as_str(), framing))
+                {
+                    return Err(format!("`{h}` frames the request; it cannot be stripped"));
+                }
+                Ok(name)
+            });
+            match (name, strip_headers.as_mut()) {
+                (Some(name), Some(list)) => list.push(name),
+                _ => strip_headers = None,
+            }
+        }
         let (scheme, authority, base_path) = url?;
         let ca_file = r.ca_file.as_ref().map(|f| base.join(f.get_ref()));
         Some(UpstreamConfig {
             ca_file,
+            strip_headers: strip_headers?,
             scheme,
             authority,
             base_path,
