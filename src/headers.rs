@@ -181,6 +181,38 @@ pub fn remove_listed(headers: &mut HeaderMap, listed: &[HeaderName]) {
     }
 }
 
+/// Headers that frame the message, route it, or carry what the gateway
+/// reads or sets itself. An identity or roles header with one of these
+/// names would be dropped as hop-by-hop, overwritten, or would reframe the
+/// request on its way upstream.
+const NOT_FOR_IDENTITY: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "cookie",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// True when `name` may not be the identity or roles header (see
+/// [`NOT_FOR_IDENTITY`]); any `X-Forwarded-*` is the gateway's too.
+pub fn reserved_for_gateway(name: &str) -> bool {
+    const PREFIX: &str = "x-forwarded-";
+    NOT_FOR_IDENTITY.iter().any(|n| same_header(name, n))
+        || name
+            .get(..PREFIX.len())
+            .is_some_and(|head| same_header(head, PREFIX))
+}
+
 /// True when `value` is an authority an `http` URI may have (RFC 3986
 /// §3.2, RFC 9110 §4.2.1): a non-empty host (a reg-name, an IPv4 address,
 /// or an IPv6 address in brackets), then an optional `:port`. No userinfo,
