@@ -470,19 +470,25 @@ fn prepare(
     };
     *req.uri_mut() = s.upstream.uri_for(req.uri(), path)?;
     let headers = req.headers_mut();
-    let trusted_chain = if s
+    let trusted_peer = s
         .config
         .server
         .trusted_proxies
         .iter()
-        .any(|net| net.contains(peer.addr.ip()))
-    {
+        .any(|net| net.contains(peer.addr.ip()));
+    let trusted_chain = if trusted_peer {
         joined(headers, "x-forwarded-for")
     } else {
         None
     };
     headers::remove_hop_by_hop(headers);
-    headers::remove_client_claims(headers, &auth.identity_header, &auth.roles_header);
+    headers::remove_client_claims(
+        headers,
+        &auth.identity_header,
+        &auth.roles_header,
+        trusted_peer,
+    );
+    headers::remove_listed(headers, &s.config.upstream.strip_headers);
     // After hop-by-hop removal, so `Connection: Host` cannot drop it.
     if let Some(host) = &host {
         headers.insert(header::HOST, host.clone());
@@ -555,6 +561,22 @@ fn check_target<B>(req: &Request<B>) -> Result<String, Rejection> {
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Rejection::BadRequest("More than one Host header."));
+    }
+    // The upstream may route on the host, or build URLs from it: what it
+    // gets must split into host and port the one way the gateway reads it.
+    if host.is_some_and(|host| !headers::is_authority(host.as_bytes())) {
+        return Err(Rejection::BadRequest(
+            "The Host header is not a valid host.",
+        ));
+    }
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| !headers::is_authority(a.as_str().as_bytes()))
+    {
+        return Err(Rejection::BadRequest(
+            "The request target's authority is not a valid host.",
+        ));
     }
     // In HTTP/1 an authority in the target is absolute-form; in HTTP/2 it is
     // :authority. Either way a Host header must not name something else

@@ -1,7 +1,7 @@
 //! Header operations on forwarded requests and responses: small pure
 //! functions, each with its tests beside it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
@@ -37,15 +37,34 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-method-override",
 ];
 
-/// Forwarding headers only the gateway may set.
+/// Forwarding headers only the gateway may set. `X-Real-IP` is one too,
+/// but a trusted proxy's is kept: see [`remove_client_claims`].
 const FORWARDING: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-forwarded-prefix",
-    "x-real-ip",
     "forwarded",
+];
+
+const X_REAL_IP: &str = "x-real-ip";
+
+/// The default of `upstream.strip_headers`: headers some frameworks take
+/// as the real path (IIS, Symfony, Laravel), the client's address or the
+/// scheme it used. A client sending them could pick the path the upstream
+/// routes, or the address and scheme it believes.
+pub const STRIP_BY_DEFAULT: &[&str] = &[
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "Client-IP",
+    "X-Cluster-Client-IP",
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Scheme",
+    "Front-End-Https",
 ];
 
 /// True when two header names would be read as the same header by an
@@ -112,8 +131,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes every header a client could use to pose as someone: its copies of
 /// the identity and roles headers (in any case, `_` or `-`), the forwarding
-/// headers, method overrides, and the credential itself.
-pub fn remove_client_claims(headers: &mut HeaderMap, identity: &HeaderName, roles: &HeaderName) {
+/// headers, method overrides, and the credential itself. `X-Real-IP` stays
+/// when it comes from a trusted proxy (`trusted_peer`): it names the client
+/// that proxy saw, as the `X-Forwarded-For` chain it sends does; its
+/// look-alikes (`X_Real_IP`) never stay.
+pub fn remove_client_claims(
+    headers: &mut HeaderMap,
+    identity: &HeaderName,
+    roles: &HeaderName,
+    trusted_peer: bool,
+) {
     // On the stack: every authenticated request has at least one to remove.
     let doomed: SmallVec<[HeaderName; 4]> = headers
         .keys()
@@ -122,6 +149,7 @@ pub fn remove_client_claims(headers: &mut HeaderMap, identity: &HeaderName, role
             same_header(n, identity.as_str())
                 || same_header(n, roles.as_str())
                 || FORWARDING.iter().any(|f| same_header(n, f))
+                || (same_header(n, X_REAL_IP) && !(trusted_peer && n == X_REAL_IP))
                 || METHOD_OVERRIDES.iter().any(|m| same_header(n, m))
                 || is_framing_lookalike(n)
                 || same_header(n, "authorization")
@@ -131,6 +159,109 @@ pub fn remove_client_claims(headers: &mut HeaderMap, identity: &HeaderName, role
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// Removes the headers named in `listed` (`upstream.strip_headers`), in
+/// every spelling an upstream could read them as.
+pub fn remove_listed(headers: &mut HeaderMap, listed: &[HeaderName]) {
+    if listed.is_empty() {
+        return;
+    }
+    let doomed: SmallVec<[HeaderName; 4]> = headers
+        .keys()
+        .filter(|name| {
+            listed
+                .iter()
+                .any(|l| same_header(name.as_str(), l.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Headers that frame the message, route it, or carry what the gateway
+/// reads or sets itself. An identity or roles header with one of these
+/// names would be dropped as hop-by-hop, overwritten, or would reframe the
+/// request on its way upstream.
+const NOT_FOR_IDENTITY: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "cookie",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// True when `name` may not be the identity or roles header (see
+/// [`NOT_FOR_IDENTITY`]); any `X-Forwarded-*` is the gateway's too.
+pub fn reserved_for_gateway(name: &str) -> bool {
+    const PREFIX: &str = "x-forwarded-";
+    NOT_FOR_IDENTITY.iter().any(|n| same_header(name, n))
+        || name
+            .get(..PREFIX.len())
+            .is_some_and(|head| same_header(head, PREFIX))
+}
+
+/// True when `value` is an authority an `http` URI may have (RFC 3986
+/// §3.2, RFC 9110 §4.2.1): a non-empty host (a reg-name, an IPv4 address,
+/// or an IPv6 address in brackets), then an optional `:port`. No userinfo,
+/// no path, nothing an upstream could split differently from the gateway.
+pub fn is_authority(value: &[u8]) -> bool {
+    let (host_ok, port) = match value.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal =
+                std::str::from_utf8(&rest[..end]).is_ok_and(|ip| ip.parse::<Ipv6Addr>().is_ok());
+            (literal, &rest[end + 1..])
+        }
+        None => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            (is_reg_name(&value[..end]), &value[end..])
+        }
+    };
+    host_ok
+        && match port {
+            [] => true,
+            [b':', digits @ ..] => {
+                (1..=5).contains(&digits.len())
+                    && digits.iter().all(u8::is_ascii_digit)
+                    && digits
+                        .iter()
+                        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+                        <= u32::from(u16::MAX)
+            }
+            _ => false,
+        }
+}
+
+/// A non-empty reg-name: unreserved characters, sub-delims and
+/// percent-escapes (RFC 3986 §3.2.2). IPv4 addresses are reg-names too.
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut rest = name;
+    while let [first, tail @ ..] = rest {
+        rest = match first {
+            b'%' => match tail {
+                [a, b, after @ ..] if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => after,
+                _ => return false,
+            },
+            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(c) => tail,
+            _ => return false,
+        };
+    }
+    !name.is_empty()
 }
 
 /// `Transfer_Encoding` or `content_length`: not framing to us, but framing
@@ -264,9 +395,88 @@ mod tests {
             ("transfer_encoding", "chunked"),
             ("content_length", "5"),
         ]);
-        remove_client_claims(&mut h, &identity, &roles);
+        remove_client_claims(&mut h, &identity, &roles, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-auth-username"], "kept");
+    }
+
+    #[test]
+    fn x_real_ip_stays_only_from_a_trusted_peer_and_only_so_spelled() {
+        let identity = HeaderName::from_static("x-auth-user");
+        let roles = HeaderName::from_static("x-auth-roles");
+        let sent = [("x-real-ip", "203.0.113.1"), ("x_real_ip", "203.0.113.2")];
+        let mut h = map(&sent);
+        remove_client_claims(&mut h, &identity, &roles, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&sent);
+        remove_client_claims(&mut h, &identity, &roles, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-real-ip"], "203.0.113.1");
+    }
+
+    #[test]
+    fn listed_headers_go_in_every_spelling() {
+        let listed: Vec<HeaderName> = STRIP_BY_DEFAULT
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap())
+            .collect();
+        let mut h = map(&[
+            ("x-original-url", "/admin"),
+            ("X_Rewrite_URL", "/admin"),
+            ("true-client-ip", "1.2.3.4"),
+            ("front_end_https", "on"),
+            ("x-original-urls", "kept"),
+        ]);
+        remove_listed(&mut h, &listed);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-original-urls"], "kept");
+        let mut h = map(&[("x-original-url", "/admin")]);
+        remove_listed(&mut h, &[]);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_only() {
+        for good in [
+            "gw",
+            "api.example.com:8443",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:65535",
+            "[2001:db8::1]:80",
+            "under_score.example",
+            "caf%C3%A9.example",
+        ] {
+            assert!(is_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "x@host",
+            "host/admin",
+            "host\\x",
+            "host?x",
+            "host#x",
+            "host:",
+            "host:abc",
+            "host:65536",
+            "host:123456",
+            "host:1:2",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[zz::1]",
+            "[127.0.0.1]",
+            "ho%zzst",
+            "ho%4",
+            "host\"",
+            "h\u{e9}st",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]

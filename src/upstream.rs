@@ -31,9 +31,16 @@ use crate::response::{Body, Rejection};
 /// the identity headers past the checks that cleaned the header section.
 pub struct Outbound(Incoming);
 
+/// Reading the client's request body failed (a malformed chunk, a client
+/// gone mid-body). A type of its own, so the failure it causes upstream
+/// can be told from the upstream's own.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body failed")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
 impl hyper::body::Body for Outbound {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -42,7 +49,7 @@ impl hyper::body::Body for Outbound {
         match Pin::new(&mut self.0).poll_frame(cx) {
             // Trailers are the last frame: ending here loses nothing else.
             Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
-            other => other,
+            other => other.map_err(ClientBodyError),
         }
     }
 
@@ -186,6 +193,10 @@ impl Upstream {
                 tracing::warn!(timeout = ?self.config.timeout, "upstream sent no response headers in time");
                 return Err(Rejection::UpstreamTimeout);
             }
+            Ok(Err(e)) if from_client_body(&e) => {
+                tracing::info!(error = %error_chain(&e), "the client's request body was malformed or cut short: client error");
+                return Err(Rejection::BadRequest("The request body is malformed."));
+            }
             Ok(Err(e)) => {
                 let connect = matches!(e, SendError::Connect(_));
                 tracing::warn!(error = %error_chain(&e), connect, "upstream request failed");
@@ -307,6 +318,18 @@ fn client_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamE
     // The pool speaks HTTP/1.1 only.
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tls)
+}
+
+/// True when the exchange failed because the client's body did.
+fn from_client_body(e: &SendError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = source {
+        if e.is::<ClientBodyError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -827,3 +827,110 @@ async fn h2c_prior_knowledge_clients_are_served() {
     assert_eq!(r.status(), 200);
     gw.stop().await;
 }
+
+/// Headers some frameworks read as the client's address, scheme or the
+/// real path (IIS, Symfony, Laravel, Rack, Spring).
+const FRAMEWORK_TRUSTED: &[(&str, &str)] = &[
+    ("X-Original-URL", "/admin"),
+    ("X-Rewrite-URL", "/admin"),
+    ("X-Client-IP", "203.0.113.1"),
+    ("True-Client-IP", "203.0.113.2"),
+    ("CF-Connecting-IP", "203.0.113.3"),
+    ("Client-IP", "203.0.113.4"),
+    ("X-Cluster-Client-IP", "203.0.113.5"),
+    ("X-Real-IP", "203.0.113.6"),
+    ("X_Real_IP", "203.0.113.7"),
+    ("X-Forwarded-Ssl", "on"),
+    ("X-Forwarded-Scheme", "https"),
+    ("Front-End-Https", "on"),
+    ("Forwarded", "for=203.0.113.8;proto=https"),
+];
+
+fn with_framework_headers(mut b: http::request::Builder) -> http::request::Builder {
+    for (name, value) in FRAMEWORK_TRUSTED {
+        b = b.header(*name, *value);
+    }
+    b
+}
+
+#[tokio::test]
+async fn framework_trusted_headers_are_stripped() {
+    let up = echo_upstream().await;
+    let (gw, token) = with_user(up.addr, "public = [\"/pub/**\"]").await;
+    for (path, token) in [("/x", Some(&token)), ("/pub/x", None)] {
+        let mut b = with_framework_headers(Request::get(path));
+        if let Some(token) = token {
+            b = b.header("authorization", auth(token));
+        }
+        let seen = send(gw.addr, b.body(Bytes::new()).unwrap()).await.seen();
+        for (name, _) in FRAMEWORK_TRUSTED {
+            assert!(
+                !seen.has_header_like(name),
+                "{path}: {name}: {:?}",
+                seen.headers
+            );
+        }
+        assert_eq!(seen.uri, path);
+    }
+    gw.stop().await;
+
+    // A configured list replaces the default one.
+    let gw = Gateway::start_edited(&format!("http://{}", up.addr), "public = [\"/**\"]", |t| {
+        t.replacen(
+            "[upstream]\n",
+            "[upstream]\nstrip_headers = [\"X-Tenant\"]\n",
+            1,
+        )
+    })
+    .await;
+    let r = send(
+        gw.addr,
+        with_framework_headers(Request::get("/x"))
+            .header("x-tenant", "other")
+            .header("X_TENANT", "other")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    let seen = r.seen();
+    assert!(!seen.has_header_like("x-tenant"), "{:?}", seen.headers);
+    assert_eq!(seen.header("x-original-url"), Some("/admin"));
+    assert_eq!(seen.header("true-client-ip"), Some("203.0.113.2"));
+    gw.stop().await;
+
+    // From a trusted proxy X-Real-IP stays (it names the client the proxy
+    // saw, as its X-Forwarded-For chain does); its underscore twin does not.
+    let gw = Gateway::start_edited(&format!("http://{}", up.addr), "public = [\"/**\"]", |t| {
+        t.replacen(
+            "[server]\n",
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+            1,
+        )
+    })
+    .await;
+    let seen = send(
+        gw.addr,
+        with_framework_headers(Request::get("/x"))
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await
+    .seen();
+    let real_ip: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k.replace('_', "-").eq_ignore_ascii_case("x-real-ip"))
+        .collect();
+    assert_eq!(
+        real_ip,
+        [&("x-real-ip".to_owned(), "203.0.113.6".to_owned())],
+        "{:?}",
+        seen.headers
+    );
+    assert!(
+        !seen.has_header_like("x-original-url"),
+        "{:?}",
+        seen.headers
+    );
+    gw.stop().await;
+}

@@ -454,3 +454,68 @@ async fn an_upstream_response_head_past_the_read_buffer_gets_502() {
     assert_eq!(r.status, 200);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn hosts_that_are_not_authorities_get_400() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, "public = [\"/**\"]").await;
+    let request =
+        |host: &str| format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    for host in [
+        "a b",
+        "x@host",
+        "host/admin",
+        "host\\admin",
+        "host?x",
+        "host#x",
+        "",
+        "host:abc",
+        "host:99999",
+        "host:1:2",
+        "::1",
+        "[::1",
+        "[::1]x",
+        "[zz::1]:80",
+        "ho%zzst",
+        "host\"",
+    ] {
+        let reply = raw_once(gw.addr, request(host).as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(raw_status(&reply), 400, "Host: {host:?}: {reply}");
+    }
+    for host in [
+        "api.example.com:8443",
+        "[::1]:8080",
+        "[2001:db8::1]",
+        "127.0.0.1",
+        "localhost",
+        "under_score.example",
+        "xn--bcher-kva.example:80",
+    ] {
+        let reply = raw_once(gw.addr, request(host).as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(raw_status(&reply), 200, "Host: {host:?}: {reply}");
+        let seen: Seen = serde_json::from_str(raw_body(&reply)).unwrap();
+        assert_eq!(seen.header("host"), Some(host));
+    }
+
+    // HTTP/2 carries the host in :authority; userinfo there is refused too.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (authority, status) in [("x@gw.example", 400), ("gw.example:8443", 200)] {
+        let r = h2
+            .send_request(
+                http::Request::get(format!("http://{authority}/x"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, ":authority {authority}");
+    }
+    gw.stop().await;
+}

@@ -454,3 +454,34 @@ async fn requests_abandoned_before_the_head_are_counted() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A chunked body the client garbles after a valid head is the client's
+/// fault: 400, logged as such, and no warning about the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_chunked_body_gets_400() {
+    let up = echo_upstream().await;
+    let serve = Serve::start(up.addr, "public = [\"/up/**\"]");
+    let request = b"POST /up/load HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let reply = raw_once(serve.addr, request, std::time::Duration::from_secs(10)).await;
+    assert_eq!(raw_status(&reply), 400, "{reply}");
+    let line = serve.first_access("/up/load").await;
+    assert_eq!(line["status"], 400);
+    let lines = serve.stop();
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !parsed.iter().any(|v| v["level"] == "WARN"),
+        "a warning for the client's error:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        parsed.iter().any(|v| v["level"] == "INFO"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("client") && m.contains("malformed"))),
+        "no line blames the client:\n{}",
+        lines.join("\n")
+    );
+}

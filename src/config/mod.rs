@@ -47,6 +47,17 @@ pub const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// The most `server.max_concurrent_streams` may be.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1_000;
+/// argon2 bounds. A hash runs per core at once, each holding its memory,
+/// so 1 GiB a hash is already several GiB on a small server (RFC 9106's
+/// 2 GiB option is for machines that do nothing else).
+const ARGON2_MAX_MEMORY_KIB: u32 = 1 << 20;
+/// RFC 9106 and OWASP recommend 1 to 5 passes; more than ten times that
+/// is a typo, not a policy.
+const ARGON2_MAX_ITERATIONS: u32 = 64;
+/// Time grows with memory x passes: 4 GiB of passes in all keeps every
+/// recommended setting (at most a few hundred MiB) and refuses the ones
+/// that make each login, and the hash a reload computes, take seconds.
+const ARGON2_MAX_WORK_KIB: u64 = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -85,6 +96,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Extra trust roots (PEM) for an https upstream with a private CA.
     pub ca_file: Option<PathBuf>,
+    /// Request headers removed before forwarding, in every spelling.
+    pub strip_headers: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -522,10 +535,29 @@ impl Validator<'_> {
             self.parse("upstream.pool_idle_timeout", &r.pool_idle_timeout, |d| {
                 positive(d)
             });
+        let mut strip_headers = Some(Vec::new());
+        for h in &r.strip_headers {
+            let name = self.parse("upstream.strip_headers", h, |h| {
+                let name = header_name(h)?;
+                // The gateway frames and routes the request with these.
+                if ["host", "content-length", "transfer-encoding"]
+                    .iter()
+                    .any(|framing| crate::headers::same_header(name.as_str(), framing))
+                {
+                    return Err(format!("`{h}` frames the request; it cannot be stripped"));
+                }
+                Ok(name)
+            });
+            match (name, strip_headers.as_mut()) {
+                (Some(name), Some(list)) => list.push(name),
+                _ => strip_headers = None,
+            }
+        }
         let (scheme, authority, base_path) = url?;
         let ca_file = r.ca_file.as_ref().map(|f| base.join(f.get_ref()));
         Some(UpstreamConfig {
             ca_file,
+            strip_headers: strip_headers?,
             scheme,
             authority,
             base_path,
@@ -584,9 +616,11 @@ impl Validator<'_> {
             }
         }
         let identity_header = self.parse("auth.identity_header", &r.identity_header, |h| {
-            header_name(h)
+            identity_header_name(h)
         });
-        let roles_header = self.parse("auth.roles_header", &r.roles_header, |h| header_name(h));
+        let roles_header = self.parse("auth.roles_header", &r.roles_header, |h| {
+            identity_header_name(h)
+        });
         if let (Some(a), Some(b)) = (&identity_header, &roles_header)
             && crate::headers::same_header(a.as_str(), b.as_str())
         {
@@ -611,16 +645,28 @@ impl Validator<'_> {
             let bytes = parse_size(m)?;
             u32::try_from(bytes / 1024)
                 .ok()
-                .filter(|kib| *kib >= 8)
-                .ok_or_else(|| "must be between 8KiB and 4TiB".to_owned())
+                .filter(|kib| (8..=ARGON2_MAX_MEMORY_KIB).contains(kib))
+                .ok_or_else(|| "must be between 8KiB and 1GiB".to_owned())
         });
         let iterations = self.parse("auth.argon2_iterations", &r.argon2_iterations, |i| {
-            if *i >= 1 {
+            if (1..=ARGON2_MAX_ITERATIONS).contains(i) {
                 Ok(*i)
             } else {
-                Err("must be at least 1".into())
+                Err(format!("must be between 1 and {ARGON2_MAX_ITERATIONS}"))
             }
         });
+        if let (Some(m), Some(i)) = (memory, iterations)
+            && u64::from(m) * u64::from(i) > ARGON2_MAX_WORK_KIB
+        {
+            self.problem(
+                "auth.argon2_iterations",
+                &r.argon2_iterations,
+                format!(
+                    "argon2_memory x argon2_iterations must be at most 4GiB (here {} MiB x {i}): each login would take seconds of CPU",
+                    m / 1024
+                ),
+            );
+        }
         let parallelism = self.parse("auth.argon2_parallelism", &r.argon2_parallelism, |p| {
             if (1..=255).contains(p) {
                 Ok(*p)
@@ -808,6 +854,16 @@ fn header_name(text: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("`{text}` is not a valid header name"))
 }
 
+fn identity_header_name(text: &str) -> Result<HeaderName, String> {
+    let name = header_name(text)?;
+    if crate::headers::reserved_for_gateway(name.as_str()) {
+        return Err(format!(
+            "`{text}` frames the request or is the gateway's own; choose another name such as X-Auth-User"
+        ));
+    }
+    Ok(name)
+}
+
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -987,6 +1043,74 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].key, "throttle.limited_delay");
         assert!(p[0].message.contains("at most 60s"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn check_refuses_unsafe_argon2_and_identity_headers() {
+        for (text, key, line) in [
+            (
+                "[auth]\nargon2_memory = \"16GiB\"\n",
+                "auth.argon2_memory",
+                2,
+            ),
+            (
+                "[auth]\nargon2_memory = \"2GiB\"\n",
+                "auth.argon2_memory",
+                2,
+            ),
+            (
+                "[auth]\nargon2_iterations = 4294967295\n",
+                "auth.argon2_iterations",
+                2,
+            ),
+            (
+                "[auth]\nargon2_iterations = 65\n",
+                "auth.argon2_iterations",
+                2,
+            ),
+            // Each bound alone holds; together a hash would take seconds.
+            (
+                "[auth]\nargon2_memory = \"1GiB\"\nargon2_iterations = 64\n",
+                "auth.argon2_iterations",
+                3,
+            ),
+        ] {
+            let p = problems(text);
+            assert_eq!(p.len(), 1, "{text}: {p:?}");
+            assert_eq!((p[0].key.as_str(), p[0].line), (key, Some(line)), "{text}");
+        }
+        let c = load("[auth]\nargon2_memory = \"1GiB\"\nargon2_iterations = 4\n").unwrap();
+        assert_eq!(c.auth.argon2.memory_kib, 1 << 20);
+        load("[auth]\nargon2_memory = \"64MiB\"\nargon2_iterations = 64\n").unwrap();
+
+        for name in [
+            "authorization",
+            "Content-Length",
+            "host",
+            "transfer_encoding",
+            "Connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-authorization",
+            "cookie",
+            "x-forwarded-for",
+            "X-Forwarded-Anything",
+            "forwarded",
+            "x-real-ip",
+            "expect",
+        ] {
+            for key in ["identity_header", "roles_header"] {
+                let p = problems(&format!("[auth]\n\n{key} = \"{name}\"\n"));
+                assert_eq!(p.len(), 1, "{key} = {name}: {p:?}");
+                assert_eq!(p[0].key, format!("auth.{key}"));
+                assert_eq!(p[0].line, Some(3));
+                assert!(p[0].message.contains(name), "{}", p[0].message);
+            }
+        }
+        load("[auth]\nidentity_header = \"X-Remote-User\"\nroles_header = \"X-Remote-Groups\"\n")
+            .unwrap();
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Spanned<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<Spanned<String>>,
+    pub strip_headers: Vec<Spanned<String>>,
 }
 
 impl Default for RawUpstream {
@@ -77,6 +78,10 @@ impl Default for RawUpstream {
             timeout: s("60s"),
             pool_idle_timeout: s("90s"),
             ca_file: None,
+            strip_headers: crate::headers::STRIP_BY_DEFAULT
+                .iter()
+                .map(|h| s(h))
+                .collect(),
         }
     }
 }
