@@ -259,7 +259,9 @@ impl Gateway {
         peer: &Peer,
         outcome: &mut Outcome,
     ) -> Result<Admitted, Rejection> {
-        let path: &str = outcome.path.insert(check_target(req)?);
+        let path: &str = outcome
+            .path
+            .insert(check_target(req, s.config.server.max_path_length)?);
         let auth = &s.config.auth;
         if path == auth.login_path {
             let client = client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
@@ -550,8 +552,13 @@ fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
     (!values.is_empty()).then(|| values.join(", "))
 }
 
-/// Checks the method, `Host` and request target, and returns the canonical path.
-fn check_target<B>(req: &Request<B>) -> Result<String, Rejection> {
+/// Checks the method, `Host` and request target, and returns the canonical
+/// path. A path over `max_path` is refused first: everything after this
+/// (canonicalizing, pattern matching) then works on bounded input.
+fn check_target<B>(req: &Request<B>, max_path: usize) -> Result<String, Rejection> {
+    if req.uri().path().len() > max_path {
+        return Err(Rejection::PathTooLong);
+    }
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(Rejection::MethodNotAllowed {
             allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
@@ -663,33 +670,33 @@ mod tests {
             b.body(()).unwrap()
         };
         assert_eq!(
-            check_target(&req("GET", "/a/%62", &["gw"])).unwrap(),
+            check_target(&req("GET", "/a/%62", &["gw"]), 8192).unwrap(),
             "/a/b"
         );
         assert!(
-            check_target(&req("GET", "/a", &[])).is_err(),
+            check_target(&req("GET", "/a", &[]), 8192).is_err(),
             "missing Host"
         );
         assert!(
-            check_target(&req("GET", "/a", &["gw", "gw"])).is_err(),
+            check_target(&req("GET", "/a", &["gw", "gw"]), 8192).is_err(),
             "duplicate Host"
         );
-        assert!(check_target(&req("GET", "http://other/a", &["gw"])).is_err());
+        assert!(check_target(&req("GET", "http://other/a", &["gw"]), 8192).is_err());
         assert_eq!(
-            check_target(&req("GET", "http://gw/a", &["gw"])).unwrap(),
+            check_target(&req("GET", "http://gw/a", &["gw"]), 8192).unwrap(),
             "/a"
         );
-        assert!(check_target(&req("CONNECT", "gw:443", &["gw"])).is_err());
-        assert!(check_target(&req("TRACE", "/", &["gw"])).is_err());
-        assert!(check_target(&req("OPTIONS", "*", &["gw"])).is_err());
+        assert!(check_target(&req("CONNECT", "gw:443", &["gw"]), 8192).is_err());
+        assert!(check_target(&req("TRACE", "/", &["gw"]), 8192).is_err());
+        assert!(check_target(&req("OPTIONS", "*", &["gw"]), 8192).is_err());
         let http10 = |uri: &str, hosts: &[&str]| {
             let mut r = req("GET", uri, hosts);
             *r.version_mut() = Version::HTTP_10;
             r
         };
-        assert_eq!(check_target(&http10("/a", &[])).unwrap(), "/a");
+        assert_eq!(check_target(&http10("/a", &[]), 8192).unwrap(), "/a");
         assert!(
-            check_target(&http10("http://evil/a", &[])).is_err(),
+            check_target(&http10("http://evil/a", &[]), 8192).is_err(),
             "absolute-form without Host"
         );
         let h2 = |uri: &str, hosts: &[&str]| {
@@ -697,10 +704,13 @@ mod tests {
             *r.version_mut() = Version::HTTP_2;
             r
         };
-        assert_eq!(check_target(&h2("https://gw/a", &[])).unwrap(), "/a");
-        assert_eq!(check_target(&h2("https://gw/a", &["gw"])).unwrap(), "/a");
+        assert_eq!(check_target(&h2("https://gw/a", &[]), 8192).unwrap(), "/a");
+        assert_eq!(
+            check_target(&h2("https://gw/a", &["gw"]), 8192).unwrap(),
+            "/a"
+        );
         assert!(
-            check_target(&h2("https://gw/a", &["evil"])).is_err(),
+            check_target(&h2("https://gw/a", &["evil"]), 8192).is_err(),
             "Host contradicting :authority"
         );
     }

@@ -15,6 +15,9 @@ pub type Body = Either<Full<Bytes>, crate::pool::Returning>;
 pub enum Rejection {
     /// The request target or its headers are ambiguous or malformed.
     BadRequest(&'static str),
+    /// The path is longer than `server.max_path_length`: refused before
+    /// any decision looks at it.
+    PathTooLong,
     MethodNotAllowed {
         allow: &'static str,
     },
@@ -69,6 +72,10 @@ impl Rejection {
         use Rejection as R;
         let (status, body) = match &self {
             R::BadRequest(why) => (StatusCode::BAD_REQUEST, detail_of(why)),
+            R::PathTooLong => (
+                StatusCode::URI_TOO_LONG,
+                detail!("The request path is too long."),
+            ),
             R::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 detail!("Method not allowed."),
@@ -271,6 +278,7 @@ mod tests {
     fn statuses() {
         let cases = [
             (Rejection::BadRequest("x"), 400),
+            (Rejection::PathTooLong, 414),
             (Rejection::MethodNotAllowed { allow: "POST" }, 405),
             (LoginRejection::TooLarge.into(), 413),
             (LoginRejection::UnsupportedMediaType.into(), 415),

@@ -519,3 +519,67 @@ async fn hosts_that_are_not_authorities_get_400() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn long_paths_get_414_before_any_matching() {
+    let (up, seen) = recording_upstream().await;
+    let gw = Gateway::start(up, "public = [\"/docs/**/img/**/*.png\"]").await;
+    let get = |path: String| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    // The review's path: repeated segments between the two `**`.
+    let attack = format!("/docs/{}", "img/".repeat(10_000));
+    let reply = raw(gw.addr, get(attack).as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(raw_status(&reply), 414, "{reply}");
+    assert!(raw_body(&reply).contains("too long"), "{reply}");
+    // At the default limit (8 KiB) exactly, the path is still matched.
+    let at_limit = |extra: usize| {
+        let tail = "/x.png";
+        let fill = 8192 + extra - "/docs/img/".len() - tail.len();
+        format!("/docs/img/{}{tail}", "a".repeat(fill))
+    };
+    let reply = raw(
+        gw.addr,
+        get(at_limit(0)).as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    let reply = raw(
+        gw.addr,
+        get(at_limit(1)).as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(raw_status(&reply), 414, "{reply}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the path at the limit was forwarded"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn max_path_length_is_configurable() {
+    let (up, seen) = recording_upstream().await;
+    let gw = Gateway::start_edited(&format!("http://{up}"), "public = [\"/**\"]", |text| {
+        text.replacen("[server]\n", "[server]\nmax_path_length = \"256\"\n", 1)
+    })
+    .await;
+    let get = |path: String| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let reply = raw(
+        gw.addr,
+        get(format!("/{}", "a".repeat(255))).as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(raw_status(&reply), 200, "{reply}");
+    let reply = raw(
+        gw.addr,
+        get(format!("/{}", "a".repeat(256))).as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(raw_status(&reply), 414, "{reply}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    gw.stop().await;
+}

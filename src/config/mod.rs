@@ -77,6 +77,8 @@ pub struct ServerConfig {
     /// Streams one HTTP/2 connection may have open at once; each may hold
     /// an upstream connection, so this bounds what one client can take.
     pub max_concurrent_streams: u32,
+    /// Longer request paths get 414 before any matching or authentication.
+    pub max_path_length: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -511,6 +513,13 @@ impl Validator<'_> {
                     .ok_or_else(|| format!("must be between 1 and {MAX_CONCURRENT_STREAMS}"))
             },
         );
+        let max_path_length = self.parse("server.max_path_length", &r.max_path_length, |s| {
+            let size = parse_size(s)?;
+            if !(256..=(1 << 20)).contains(&size) {
+                return Err("must be between 256 and 1MiB".into());
+            }
+            usize::try_from(size).map_err(|e| e.to_string())
+        });
         Some(ServerConfig {
             listen: listen?,
             tls: tls?,
@@ -521,6 +530,7 @@ impl Validator<'_> {
             shutdown_timeout: shutdown_timeout?,
             tls_handshake_timeout: tls_handshake_timeout?,
             max_concurrent_streams: max_concurrent_streams?,
+            max_path_length: max_path_length?,
         })
     }
 

@@ -39,6 +39,7 @@ pub struct RawServer {
     pub shutdown_timeout: Spanned<String>,
     pub tls_handshake_timeout: Spanned<String>,
     pub max_concurrent_streams: Spanned<u64>,
+    pub max_path_length: Spanned<String>,
 }
 
 impl Default for RawServer {
@@ -54,6 +55,7 @@ impl Default for RawServer {
             shutdown_timeout: s("30s"),
             tls_handshake_timeout: s("10s"),
             max_concurrent_streams: Spanned::new(0..0, 100),
+            max_path_length: s("8KiB"),
         }
     }
 }
