@@ -66,9 +66,10 @@ pub enum SettingsError {
 }
 
 impl Settings {
-    pub fn new(config: Arc<Config>) -> Result<Self, SettingsError> {
+    /// Async for the dummy password hash, computed on the hashing threads.
+    pub async fn new(config: Arc<Config>) -> Result<Self, SettingsError> {
         Ok(Self {
-            hasher: Hasher::new(config.auth.argon2)?,
+            hasher: Hasher::start(config.auth.argon2).await?,
             upstream: Arc::new(Upstream::new(&config.upstream)?),
             tls: config
                 .server
@@ -109,14 +110,14 @@ impl Peer {
 }
 
 impl Gateway {
-    pub fn new(
+    pub async fn new(
         config: Arc<Config>,
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SettingsError> {
         Ok(Self {
             throttle: Throttle::new(config.throttle),
-            settings: ArcSwap::from_pointee(Settings::new(config)?),
+            settings: ArcSwap::from_pointee(Settings::new(config).await?),
             store,
             metrics,
             tokens: TokenCache::new(),
@@ -128,8 +129,10 @@ impl Gateway {
     }
 
     /// Replaces the config-derived settings at once. On error nothing changes.
-    pub fn reload(&self, config: Config) -> Result<(), SettingsError> {
-        let old = self.settings.load();
+    /// Requests go on under the old settings while the new are built.
+    pub async fn reload(&self, config: Config) -> Result<(), SettingsError> {
+        // A full Arc: an arc_swap guard is not to be held across an await.
+        let old = self.settings.load_full();
         for (what, changed) in [
             (
                 "server.listen",
@@ -158,7 +161,7 @@ impl Gateway {
                 );
             }
         }
-        let settings = Settings::new(Arc::new(config))?;
+        let settings = Settings::new(Arc::new(config)).await?;
         self.throttle.set_config(settings.config.throttle);
         self.settings.store(Arc::new(settings));
         Ok(())

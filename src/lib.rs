@@ -130,7 +130,7 @@ pub async fn run_with(
         });
         tokio::spawn(admin::serve(listener, admin))
     });
-    let gateway = Arc::new(gateway::Gateway::new(config.clone(), store, metrics)?);
+    let gateway = Arc::new(gateway::Gateway::new(config.clone(), store, metrics).await?);
     let shutdown = async {
         shutdown.await;
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -153,7 +153,7 @@ pub async fn run_with(
 async fn apply_reloads(mut reloads: Reloads, gateway: Arc<gateway::Gateway>) {
     while let Some(config) = reloads.recv().await {
         let source = config.source.display().to_string();
-        match gateway.reload(config) {
+        match gateway.reload(config).await {
             Ok(()) => tracing::info!(config = %source, "configuration reloaded"),
             Err(e) => {
                 tracing::error!(config = %source, error = %e, "reload refused; the previous configuration stays in force")

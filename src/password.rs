@@ -137,16 +137,37 @@ pub struct Hasher {
 }
 
 impl Hasher {
+    /// For the CLI, which has no runtime to protect: the dummy hash is
+    /// computed on the calling thread.
     pub fn new(params: Argon2Params) -> Result<Self, PasswordError> {
         let params = params.to_argon2().map_err(PasswordError::Hash)?;
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut random = [0u8; 32];
-        getrandom::fill(&mut random).map_err(|e| PasswordError::Hash(e.to_string()))?;
-        let dummy = hash_blocking(&params, &random)?;
+        let dummy = dummy_hash(&params)?;
+        let cores = cores();
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(cores)),
             pool: Arc::new(Pool::new(cores)?),
+            dummy: dummy.into(),
+        })
+    }
+
+    /// For the server: the dummy hash is computed on the new hashing
+    /// threads, so a reload with costly parameters never holds up an async
+    /// worker (and the requests on it) for a hash's time.
+    pub async fn start(params: Argon2Params) -> Result<Self, PasswordError> {
+        let params = params.to_argon2().map_err(PasswordError::Hash)?;
+        let cores = cores();
+        let permits = Arc::new(Semaphore::new(cores));
+        let pool = Arc::new(Pool::new(cores)?);
+        let permit = permits.clone().acquire_owned().await.ok();
+        let dummy_params = params.clone();
+        let dummy = pool
+            .run(permit, move || dummy_hash(&dummy_params))
+            .await??;
+        Ok(Self {
+            params,
+            permits,
+            pool,
             dummy: dummy.into(),
         })
     }
@@ -187,6 +208,17 @@ impl Hasher {
         password.validate_new()?;
         hash_blocking(&self.params, password.expose().as_bytes())
     }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// A hash of a random password, for unknown usernames to be verified against.
+fn dummy_hash(params: &argon2::Params) -> Result<String, PasswordError> {
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|e| PasswordError::Hash(e.to_string()))?;
+    hash_blocking(params, &random)
 }
 
 fn hash_blocking(params: &argon2::Params, password: &[u8]) -> Result<String, PasswordError> {
@@ -262,6 +294,23 @@ mod tests {
                 .await,
             Err(PasswordError::TooLong)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_started_hasher_verifies_unknown_users_against_its_dummy() {
+        let h = Hasher::start(Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        })
+        .await
+        .unwrap();
+        assert!(
+            h.dummy.starts_with("$argon2id$v=19$m=64,t=1,p=1$"),
+            "{}",
+            h.dummy
+        );
+        assert!(!h.verify(&Password::new("x".into()), None).await);
     }
 
     #[test]

@@ -216,6 +216,45 @@ async fn reload_swaps_public_paths_without_disturbing_requests_in_flight() {
     gw.stop().await;
 }
 
+/// The new config's dummy hash (for unknown usernames) is computed when it
+/// loads. On the current-thread runtime a hash on the async worker would
+/// stop every request until it ended; off it, the gateway keeps answering
+/// under the old config meanwhile.
+#[tokio::test]
+async fn reload_hashes_off_the_async_workers() {
+    let up = echo_upstream().await;
+    let (gw, reload) = Gateway::start_text(&reload_config(up.addr, "/old/**", "60s"), |_| {}).await;
+    assert_eq!(get(gw.addr, "/new", None).await.status, 401);
+
+    // A hash of a second or more (at nice +10, longer on a busy machine),
+    // against milliseconds for a request on the loopback.
+    let slow = reload_config(up.addr, "/new/**", "60s").replace(
+        FAST_ARGON2,
+        "argon2_memory = \"32MiB\"\nargon2_iterations = 16\n",
+    );
+    let path = gw.dir.path().join("tokengate.toml");
+    std::fs::write(&path, slow).unwrap();
+    reload
+        .send(Config::load(&path, |_| None).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        get(gw.addr, "/new", None).await.status,
+        401,
+        "the reload finished before a request could be answered: it hashed on the worker"
+    );
+    assert_eq!(get(gw.addr, "/old", None).await.status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while get(gw.addr, "/new", None).await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_reload_with_broken_certificates_keeps_the_old_config() {
     let up = echo_upstream().await;
