@@ -45,6 +45,10 @@ pub struct Config {
 /// The most `server.max_connections` may be.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 
+/// The most `upstream.max_connections` may be: as many as there are ports
+/// to connect from to the one upstream address.
+pub const MAX_UPSTREAM_CONNECTIONS: usize = 65_535;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -77,6 +81,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// Upstream connections open at once, idle, busy or tunneling; a
+    /// request finding none free waits up to `connect_timeout`, then 503.
+    pub max_connections: usize,
     /// Extra trust roots (PEM) for an https upstream with a private CA.
     pub ca_file: Option<PathBuf>,
 }
@@ -503,6 +510,13 @@ impl Validator<'_> {
             self.parse("upstream.pool_idle_timeout", &r.pool_idle_timeout, |d| {
                 positive(d)
             });
+        let max_connections =
+            self.parse("upstream.max_connections", &r.max_connections, |n| {
+                usize::try_from(*n)
+                    .ok()
+                    .filter(|n| (1..=MAX_UPSTREAM_CONNECTIONS).contains(n))
+                    .ok_or_else(|| format!("must be between 1 and {MAX_UPSTREAM_CONNECTIONS}"))
+            });
         let (scheme, authority, base_path) = url?;
         let ca_file = r.ca_file.as_ref().map(|f| base.join(f.get_ref()));
         Some(UpstreamConfig {
@@ -513,6 +527,7 @@ impl Validator<'_> {
             connect_timeout: connect_timeout?,
             timeout: timeout?,
             pool_idle_timeout: pool_idle_timeout?,
+            max_connections: max_connections?,
         })
     }
 
