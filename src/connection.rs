@@ -12,25 +12,32 @@
 //! if the upstream closed it meanwhile, the first drive after taking it
 //! reads the close before it writes, and the request, unsent, goes out
 //! on another connection.
+//!
+//! An upstream that answers before it has the whole request body may take
+//! what follows for a request of its own: a client could smuggle one in a
+//! body, under any identity it writes. So once the upstream has begun to
+//! answer, no more of the body goes out, and a connection whose answer
+//! began before the request was written whole is closed after the
+//! response, never reused ([`Progress`]).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::pool::Slot;
 use crate::upstream::Outbound;
 
 /// An upstream connection's transport.
@@ -41,11 +48,163 @@ pub enum Io {
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
+/// Where the request on a connection stands, as seen by the three that
+/// move it: its body (all taken), the transport (all written, the
+/// upstream heard from) and [`Conn::send`] (the response head). Everything
+/// touching it runs in polls of the one connection, one at a time.
+struct Progress(AtomicU8);
+
+impl Progress {
+    /// The body's last frame has been taken.
+    const TAKEN: u8 = 1;
+    /// ... and flushed to the transport: the request is out whole.
+    const WRITTEN: u8 = 2;
+    /// The upstream sent something before that; the body waits until
+    /// [`Conn::send`] knows whether it was the response head or something
+    /// before it (`100 Continue`).
+    const HEARD: u8 = 4;
+    /// The response head came first: the body stops for good and the
+    /// connection is not reused.
+    const EARLY: u8 = 8;
+    /// The body has asked once to be polled again after `HEARD`; it asks
+    /// no more until resumed, so nothing spins on a pause.
+    const PAUSED: u8 = 16;
+    /// Between requests, or before the first: nothing to watch.
+    const IDLE: u8 = Self::TAKEN | Self::WRITTEN;
+
+    fn idle() -> Self {
+        Self(AtomicU8::new(Self::IDLE))
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn start(&self, has_body: bool) {
+        let state = if has_body { 0 } else { Self::TAKEN };
+        self.0.store(state, Ordering::Relaxed);
+    }
+
+    fn taken(&self) {
+        self.0.fetch_or(Self::TAKEN, Ordering::Relaxed);
+    }
+
+    /// The transport has written out all it was given. What is flushed
+    /// after the upstream spoke does not count: it answered before that.
+    fn flushed(&self) {
+        if self.get() == Self::TAKEN {
+            self.0.store(Self::TAKEN | Self::WRITTEN, Ordering::Relaxed);
+        }
+    }
+
+    /// The transport read something (or the end) from the upstream.
+    fn heard(&self) {
+        if self.get() & (Self::WRITTEN | Self::EARLY) == 0 {
+            self.0.fetch_or(Self::HEARD, Ordering::Relaxed);
+        }
+    }
+
+    /// What was heard was not the response head: the body goes on.
+    fn resume(&self) {
+        if self.get() & Self::HEARD != 0 {
+            self.0
+                .fetch_and(!(Self::HEARD | Self::PAUSED), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the body, finding the upstream heard from, is to ask for
+    /// another poll: the first time only.
+    fn pause(&self) -> bool {
+        self.0.fetch_or(Self::PAUSED, Ordering::Relaxed) & Self::PAUSED == 0
+    }
+
+    /// The response head has come: marks the exchange early unless the
+    /// request was out whole.
+    fn answered(&self) {
+        if self.get() & Self::WRITTEN == 0 {
+            self.0.fetch_or(Self::EARLY, Ordering::Relaxed);
+        }
+    }
+
+    fn early(&self) -> bool {
+        self.get() & Self::EARLY != 0
+    }
+}
+
+/// A request body as its connection sends it: paused while the upstream
+/// is being heard from, stopped once it has answered.
+struct Upload {
+    body: Outbound,
+    progress: Arc<Progress>,
+}
+
+impl hyper::body::Body for Upload {
+    type Data = bytes::Bytes;
+    type Error = crate::upstream::ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let state = self.progress.get();
+        if state & Progress::EARLY != 0 {
+            // Never woken: the connection closes once the response is read.
+            return Poll::Pending;
+        }
+        if state & Progress::HEARD != 0 {
+            // Polled only by the driver, within its holder's poll: the wake
+            // has the holder look at the response head, then drive again.
+            if self.progress.pause() {
+                cx.waker().wake_by_ref();
+            }
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.progress.taken();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // hyper asks before each frame; once it hears yes it takes no more.
+        let end = self.body.is_end_stream();
+        if end {
+            self.progress.taken();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request that did not get its response head.
+pub struct SendError {
+    pub error: hyper::Error,
+    /// The request, when the connection closed before sending any of it.
+    pub unsent: Option<Request<Outbound>>,
+}
+
+/// The transport as hyper holds it, reporting reads and flushes to the
+/// request in flight. It holds the connection's [`Slot`], released when
+/// the socket closes: when hyper drops the connection, or when a tunnel
+/// it was handed to after a 101 ends.
+struct Watched {
+    io: Io,
+    progress: Arc<Progress>,
+    _slot: Slot,
+}
+
 /// The request half (`sender`) and the state machine that moves requests
 /// and responses over the wire (`driver`), kept together so that whoever
 /// sends can also drive.
 pub struct Conn {
-    sender: SendRequest<Outbound>,
+    sender: SendRequest<Upload>,
+    /// How far the request in flight has gone; shared with its body and
+    /// with the transport.
+    progress: Arc<Progress>,
     /// `None` once the connection has ended: closed by either side, failed,
     /// or switched to another protocol. Boxed once per connection, as a
     /// trait object because hyper does not export the upgradeable
@@ -127,8 +286,15 @@ where
 }
 
 impl Conn {
-    /// HTTP/1.1 on `io`; `max_buf_size` bounds each read.
-    pub async fn handshake(io: Io, max_buf_size: usize) -> hyper::Result<Self> {
+    /// HTTP/1.1 on `io`, which counts against the upstream's connections
+    /// by `slot` while it is open; `max_buf_size` bounds each read.
+    pub async fn handshake(io: Io, slot: Slot, max_buf_size: usize) -> hyper::Result<Self> {
+        let progress = Arc::new(Progress::idle());
+        let io = Watched {
+            io,
+            progress: Arc::clone(&progress),
+            _slot: slot,
+        };
         let (sender, driver) = http1::Builder::new()
             .max_buf_size(max_buf_size)
             .handshake(io)
@@ -139,6 +305,7 @@ impl Conn {
         let conn = driver.with_upgrades();
         Ok(Self {
             sender,
+            progress,
             driver: Some(Box::new(Driving { conn, nudge, waker })),
         })
     }
@@ -200,9 +367,10 @@ impl Conn {
         ended.is_pending()
     }
 
-    /// Whether another request can go out on this connection.
+    /// Whether another request can go out on this connection: not when
+    /// the upstream answered before it had the whole request.
     pub fn is_open(&self) -> bool {
-        self.driver.is_some() && !self.sender.is_closed()
+        self.driver.is_some() && !self.sender.is_closed() && !self.progress.early()
     }
 
     /// Waits until the connection can take a request, finishing what the
@@ -230,9 +398,12 @@ impl Conn {
     pub fn send(
         &mut self,
         req: Request<Outbound>,
-    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Outbound>>>> + Send + '_
-    {
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
         async move {
+            self.progress
+                .start(!hyper::body::Body::is_end_stream(req.body()));
+            let progress = Arc::clone(&self.progress);
+            let req = req.map(|body| Upload { body, progress });
             // Queued within a window: queueing wakes the driver, and the
             // task would be woken while it runs this very poll. The drive
             // that follows at once takes the request.
@@ -244,8 +415,22 @@ impl Conn {
                 driver.end();
             }
             let mut response = std::pin::pin!(response);
-            std::future::poll_fn(|cx| self.poll_driven(cx, |_, cx| response.as_mut().poll(cx)))
-                .await
+            let head = std::future::poll_fn(|cx| {
+                self.poll_driven(cx, |conn, cx| {
+                    let polled = response.as_mut().poll(cx);
+                    match &polled {
+                        Poll::Ready(Ok(_)) => conn.progress.answered(),
+                        Poll::Pending => conn.progress.resume(),
+                        Poll::Ready(Err(_)) => {}
+                    }
+                    polled
+                })
+            })
+            .await;
+            head.map_err(|mut e| SendError {
+                unsent: e.take_message().map(|req| req.map(|upload| upload.body)),
+                error: e.into_error(),
+            })
         }
     }
 
@@ -323,5 +508,62 @@ impl Write for Io {
             Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             Io::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
+    }
+}
+
+impl Read for Watched {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if polled.is_ready() {
+            this.progress.heard();
+        }
+        polled
+    }
+}
+
+impl Write for Watched {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    /// hyper flushes the transport only once its own buffer is empty.
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = polled {
+            this.progress.flushed();
+        }
+        polled
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }

@@ -62,12 +62,10 @@ pub enum Fit {
     NoRoom,
 }
 
-/// The descriptors the upstream pool may hold: `None` while the pool has
-/// no cap of its own, and each client connection is given room for one
-/// (the most an HTTP/1 connection uses, and what the pool holds on average
-/// when every connection is busy).
-pub fn upstream_allowance(_config: &Config) -> Option<usize> {
-    None
+/// The descriptors the upstream pool may hold: `upstream.max_connections`,
+/// its cap (`None` in [`fit`] gives each client connection room for one).
+pub fn upstream_allowance(config: &Config) -> Option<usize> {
+    Some(config.upstream.max_connections)
 }
 
 /// Fits `max_connections` client connections, `upstream` connections

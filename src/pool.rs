@@ -4,6 +4,12 @@
 //! between a request and the connection it goes out on; the request drives
 //! it ([`crate::connection`]). The most recently used connection is taken
 //! first; the rest age out after `upstream.pool_idle_timeout`.
+//!
+//! At most `upstream.max_connections` are open at once, idle, busy or
+//! tunneling: each holds a [`Slot`] until its socket closes. A request that
+//! finds none idle and no slot free waits for either, up to
+//! `upstream.connect_timeout`, then gets 503: every client stream would
+//! otherwise open one more, until the process runs out of descriptors.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -12,6 +18,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::connection::Conn;
 
@@ -28,7 +35,31 @@ pub struct Pool {
 struct Shared {
     idle: Mutex<Idle>,
     idle_timeout: Duration,
+    /// A permit per connection that may be open.
+    slots: Arc<Semaphore>,
+    /// Wakes a request waiting for a connection when one comes back idle.
+    returned: Notify,
 }
+
+/// The right to one open upstream connection. The connection's transport
+/// holds it, so it is given back when the socket closes, however that
+/// happens.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What a request goes out on.
+pub enum Lease {
+    /// An idle connection, ready for a request.
+    Idle(Conn),
+    /// Room to open a new one.
+    New(Slot),
+}
+
+/// Every upstream connection stayed busy for as long as a request waits.
+#[derive(Debug, thiserror::Error)]
+#[error("all upstream connections stayed busy")]
+pub struct Busy;
 
 #[derive(Default)]
 struct Idle {
@@ -39,12 +70,50 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(idle_timeout: Duration) -> Self {
+    /// `max_connections` is validated to fit the semaphore.
+    pub fn new(idle_timeout: Duration, max_connections: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 idle: Mutex::new(Idle::default()),
                 idle_timeout,
+                slots: Arc::new(Semaphore::new(max_connections)),
+                returned: Notify::new(),
             }),
+        }
+    }
+
+    /// An idle connection, or room to open one. With neither, waits up to
+    /// `wait` for a connection to come back or to close.
+    pub async fn lease(&self, wait: Duration) -> Result<Lease, Busy> {
+        if let Some(conn) = self.take().await {
+            return Ok(Lease::Idle(conn));
+        }
+        if let Ok(permit) = Arc::clone(&self.shared.slots).try_acquire_owned() {
+            return Ok(Lease::New(Slot { _permit: permit }));
+        }
+        tokio::time::timeout(wait, self.wait())
+            .await
+            .unwrap_or(Err(Busy))
+    }
+
+    async fn wait(&self) -> Result<Lease, Busy> {
+        loop {
+            // Registered before looking, so that a connection returned
+            // after the look still wakes this request.
+            let returned = self.shared.returned.notified();
+            let mut returned = std::pin::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.take().await {
+                return Ok(Lease::Idle(conn));
+            }
+            tokio::select! {
+                permit = Arc::clone(&self.shared.slots).acquire_owned() => {
+                    // The semaphore is never closed.
+                    let permit = permit.map_err(|_| Busy)?;
+                    return Ok(Lease::New(Slot { _permit: permit }));
+                }
+                () = &mut returned => {}
+            }
         }
     }
 
@@ -63,8 +132,8 @@ impl Pool {
     /// here once the body has been read to its end. A body dropped early
     /// takes its connection with it: the rest of the body is still on the
     /// wire, so that connection can carry nothing else.
-    /// `uploading`: the request had a body, which may still be on its way
-    /// when the response has ended.
+    /// `uploading`: the request had a body, whose exchange hyper finishes
+    /// only once the connection is driven after the response's end.
     pub fn returning(&self, body: Incoming, conn: Conn, uploading: bool) -> Returning {
         Returning {
             body,
@@ -91,6 +160,7 @@ impl Shared {
             .then(|| idle.conns.pop_front())
             .flatten();
         idle.conns.push_back((conn, now));
+        this.returned.notify_one();
         // Outside a runtime (a body dropped as the process winds down)
         // there is nothing to spawn on; the next put will try again.
         let reaper_on = if idle.reaping {
@@ -205,42 +275,25 @@ impl Drop for Returning {
         let Some((mut conn, shared)) = self.conn.take() else {
             return;
         };
-        if !self.uploading {
-            give_back(&shared, conn);
+        // An upstream that answered before it had the whole request may
+        // take what it still expects of the body from the next request:
+        // that connection closes here.
+        if !conn.is_open() {
             return;
         }
-        // Most uploads are over by the response's end: one drive, here,
-        // finishes the exchange and saves a task per request with a body.
-        let finished = {
-            let ready = std::pin::pin!(conn.ready());
-            ready.poll(&mut Context::from_waker(Waker::noop()))
-        };
-        match finished {
-            Poll::Ready(true) => {
-                give_back(&shared, conn);
+        if self.uploading {
+            // The upload was out whole before the answer began: one drive
+            // here finishes the exchange. A connection that needs more is
+            // closed rather than left for a task to finish.
+            let finished = {
+                let ready = std::pin::pin!(conn.ready());
+                ready.poll(&mut Context::from_waker(Waker::noop()))
+            };
+            if finished != Poll::Ready(true) {
                 return;
             }
-            Poll::Ready(false) => return,
-            Poll::Pending => {}
         }
-        // An upstream may answer before it has read the whole request
-        // body. Nothing polls a pooled connection, so the rest of the
-        // upload, and the client sending it, would wait for the next
-        // request to take it: a task of its own finishes the exchange. Its
-        // first poll registers the wakers that the poll above left out.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        // An upload that stops halfway is given up with the connection
-        // after the time an idle connection would be kept.
-        let Some(limit) = shared.upgrade().map(|shared| shared.idle_timeout) else {
-            return;
-        };
-        runtime.spawn(async move {
-            if let Ok(true) = tokio::time::timeout(limit, conn.ready()).await {
-                give_back(&shared, conn);
-            }
-        });
+        give_back(&shared, conn);
     }
 }
 

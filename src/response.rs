@@ -27,6 +27,8 @@ pub enum Rejection {
     Login(LoginRejection),
     UpstreamUnreachable,
     UpstreamTimeout,
+    /// Every upstream connection the gateway may open stayed busy.
+    UpstreamBusy,
     /// The store could not be read or written; nothing was acknowledged.
     StoreUnavailable,
 }
@@ -124,6 +126,10 @@ impl Rejection {
             R::UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 detail!("The upstream service did not respond in time."),
+            ),
+            R::UpstreamBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                detail!("The upstream service is busy; try again later."),
             ),
             R::StoreUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -237,6 +243,7 @@ mod tests {
             LoginRejection::BodyTimeout.into(),
             Rejection::UpstreamUnreachable,
             Rejection::UpstreamTimeout,
+            Rejection::UpstreamBusy,
             Rejection::StoreUnavailable,
         ];
         for rejection in all {
@@ -290,6 +297,7 @@ mod tests {
             ),
             (Rejection::UpstreamUnreachable, 502),
             (Rejection::UpstreamTimeout, 504),
+            (Rejection::UpstreamBusy, 503),
             (Rejection::StoreUnavailable, 503),
         ];
         for (rejection, status) in cases {

@@ -1,5 +1,6 @@
 //! The upstream: connecting (TCP, then TLS for `https`), sending over a
-//! pooled keep-alive connection, and turning failures into 502 or 504.
+//! pooled keep-alive connection, and turning failures into 502, 503 (no
+//! connection free) or 504.
 //! Bodies pass through untouched in both directions; nothing here buffers.
 
 use std::future::Future;
@@ -22,7 +23,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::UpstreamConfig;
 use crate::connection::{Conn, Io};
 use crate::headers;
-use crate::pool::Pool;
+use crate::pool::{Busy, Lease, Pool, Slot};
 use crate::resolve::Resolver;
 use crate::response::{Body, Rejection};
 
@@ -77,6 +78,8 @@ pub struct Upstream {
 /// Why an exchange with the upstream failed, for the log.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
+    #[error(transparent)]
+    Busy(#[from] Busy),
     #[error("cannot connect: {0}")]
     Connect(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
@@ -137,7 +140,7 @@ impl Upstream {
         Ok(Self {
             tcp,
             tls,
-            pool: Pool::new(config.pool_idle_timeout),
+            pool: Pool::new(config.pool_idle_timeout, config.max_connections),
             origin,
             host,
             config: config.clone(),
@@ -197,6 +200,14 @@ impl Upstream {
                 tracing::info!(error = %error_chain(&e), "the client's request body was malformed or cut short: client error");
                 return Err(Rejection::BadRequest("The request body is malformed."));
             }
+            Ok(Err(SendError::Busy(e))) => {
+                tracing::warn!(
+                    max_connections = self.config.max_connections,
+                    waited = ?self.config.connect_timeout,
+                    "{e}"
+                );
+                return Err(Rejection::UpstreamBusy);
+            }
             Ok(Err(e)) => {
                 let connect = matches!(e, SendError::Connect(_));
                 tracing::warn!(error = %error_chain(&e), connect, "upstream request failed");
@@ -225,8 +236,9 @@ impl Upstream {
     }
 
     /// One exchange up to the response head, on a pooled connection when
-    /// one is open. A request the pooled connection closed on before
-    /// sending it goes out again on the next (or a new) connection.
+    /// one is open, else on a new one when the cap allows, else on the
+    /// first to come free. A request the pooled connection closed on
+    /// before sending it goes out again on the next (or a new) connection.
     ///
     /// An async block rather than an async fn: the fn's arguments would be
     /// kept twice in its future (rust-lang/rust#62958), the request alone
@@ -237,27 +249,29 @@ impl Upstream {
         req: Request<Outbound>,
     ) -> impl Future<Output = Result<(Response<Incoming>, Conn), SendError>> + Send {
         async move {
-            let (mut conn, reused) = match self.pool.take().await {
-                Some(conn) => (conn, true),
+            let (mut conn, reused) = match self.pool.lease(self.config.connect_timeout).await? {
+                Lease::Idle(conn) => (conn, true),
                 // Boxed: connecting is rare, and inline its state would be
                 // moved along with every request's future.
-                None => (Box::pin(self.connect()).await?, false),
+                Lease::New(slot) => (Box::pin(self.connect(slot)).await?, false),
             };
             let unsent = match conn.send(req).await {
                 Ok(response) => return Ok((response, conn)),
-                Err(mut e) => match e.take_message() {
+                Err(e) => match e.unsent {
                     Some(unsent) if reused => unsent,
-                    _ => return Err(e.into_error().into()),
+                    _ => return Err(e.error.into()),
                 },
             };
+            // Its slot is free for the next try.
+            drop(conn);
             // Boxed: rare, and a future holding itself needs it.
             let again: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(self.exchange(unsent));
             again.await
         }
     }
 
-    /// A new connection (TLS for `https`).
-    async fn connect(&self) -> Result<Conn, SendError> {
+    /// A new connection (TLS for `https`), open while it holds `slot`.
+    async fn connect(&self, slot: Slot) -> Result<Conn, SendError> {
         use tower_service::Service;
         let tcp = self
             .tcp
@@ -275,7 +289,7 @@ impl Upstream {
                 Io::Tls(Box::new(TokioIo::new(tls)))
             }
         };
-        Ok(Conn::handshake(io, UPSTREAM_READ_BUFFER).await?)
+        Ok(Conn::handshake(io, slot, UPSTREAM_READ_BUFFER).await?)
     }
 }
 

@@ -20,6 +20,9 @@ const PATIENCE: Duration = Duration::from_secs(15);
 fn config() -> String {
     config_text(&format!("http://{}", closed_port()), "")
         .replace("[server]\n", "[server]\nheader_read_timeout = \"60s\"\n")
+        // As many upstream connections as client ones fit under the lowest
+        // limit below, so the arithmetic stays (limit - reserved) / 2.
+        .replace("[upstream]\n", "[upstream]\nmax_connections = 96\n")
 }
 
 /// Whether the server closes `conn` (end of stream or reset) within `wait`.

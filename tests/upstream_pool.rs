@@ -365,22 +365,24 @@ async fn requests_that_hold_their_connections_each_get_one() {
 
 /// An upstream that answers `early` as soon as it has a request's head,
 /// then reads the request's body (`content-length` bytes) and counts them,
-/// and goes on to the next request on the same connection.
-async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// and goes on to the next request on the same connection. Also counts
+/// the connections that closed.
+async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(AtomicUsize::new(0));
-    let counted = received.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (counted, ended) = (received.clone(), closed.clone());
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let counted = counted.clone();
+            let (counted, ended) = (counted.clone(), ended.clone());
             tokio::spawn(async move {
                 let mut pending = Vec::new();
                 let mut buf = vec![0u8; 64 * 1024];
-                loop {
+                'requests: loop {
                     let Some(end) = read_head(&mut stream, &mut pending).await else {
-                        return;
+                        break;
                     };
                     let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
                     let length: usize = head
@@ -390,21 +392,22 @@ async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                     pending.drain(..end);
                     let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
                     if stream.write_all(answer).await.is_err() {
-                        return;
+                        break;
                     }
                     while pending.len() < length {
                         match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => break 'requests,
                             Ok(n) => pending.extend_from_slice(&buf[..n]),
                         }
                     }
                     pending.drain(..length);
                     counted.fetch_add(length, Ordering::SeqCst);
                 }
+                ended.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, received)
+    (addr, received, closed)
 }
 
 /// Reads from `s` until an `early` answer has come whole.
@@ -421,13 +424,14 @@ async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
 }
 
 #[tokio::test]
-async fn an_upload_the_upstream_answers_before_reading_still_reaches_it() {
+async fn an_upload_the_upstream_answers_before_reading_is_cut_off_without_stalling() {
     // The response ends while the request body is still coming: the rest
-    // of the upload must go on to the upstream, and the client's next
-    // request on the same connection must be answered.
-    use tokio::io::AsyncWriteExt;
+    // of the upload must not go on to the upstream (it could hold a
+    // request of its own), that upstream connection closes, and the client
+    // is not left hanging on its upload.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const SIZE: usize = 4 * 1024 * 1024;
-    let (addr, received) = early_answering_upstream().await;
+    let (addr, received, closed) = early_answering_upstream().await;
     let (gw, token) = gateway(addr, "90s").await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let head = format!(
@@ -439,25 +443,361 @@ async fn an_upload_the_upstream_answers_before_reading_still_reaches_it() {
         .await
         .expect("no early answer");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // The gateway does not read the rest of an upload it stopped sending:
+    // the client's connection ends (hyper closes a connection whose
+    // request body was left unread) instead of waiting on it.
     let rest = vec![b'u'; SIZE - 64 * 1024];
-    let next = format!("GET /next HTTP/1.1\r\nHost: gw\r\nAuthorization: Token {token}\r\n\r\n");
-    let sent = async {
-        s.write_all(&rest).await.unwrap();
-        s.write_all(next.as_bytes()).await.unwrap();
-        read_answer(&mut s).await
+    let ended = async {
+        let _ = s.write_all(&rest).await;
+        let mut buf = vec![0u8; 4096];
+        while let Ok(1..) = s.read(&mut buf).await {}
     };
-    let second = tokio::time::timeout(Duration::from_secs(10), sent)
+    tokio::time::timeout(Duration::from_secs(10), ended)
         .await
-        .expect("the upload or the next request stalled");
-    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        .expect("the client's connection stalled on its upload");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while received.load(Ordering::SeqCst) < SIZE {
+    while closed.load(Ordering::SeqCst) < 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "upstream got {} of {SIZE} bytes",
-            received.load(Ordering::SeqCst)
+            "the upstream connection answered early is still open"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(received.load(Ordering::SeqCst), 0, "the upload went on");
+    // Later requests go out on a new connection.
+    let next = get(gw.addr, "/next", Some(&token)).await;
+    assert_eq!(next.text(), "early");
+    gw.stop().await;
+}
+
+/// What a naive upstream saw: each request head it parsed, as
+/// `conn=N METHOD PATH user=X-Auth-User`, and the connections that closed.
+#[derive(Default)]
+struct Parsed {
+    heads: std::sync::Mutex<Vec<String>>,
+    closed: std::sync::Mutex<Vec<usize>>,
+}
+
+/// An upstream that answers every request head at once, `conn=N path=P`,
+/// keeps the connection, and takes whatever follows a head for the next
+/// request: it never reads a body as a body. Such an upstream runs a
+/// request smuggled in another's body, as whoever it claims to be.
+async fn naive_upstream() -> (SocketAddr, Arc<Parsed>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let parsed = Arc::new(Parsed::default());
+    let seen = parsed.clone();
+    tokio::spawn(async move {
+        let mut ids = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            ids += 1;
+            let id = ids;
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                while let Some(end) = read_head(&mut stream, &mut pending).await {
+                    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                    pending.drain(..end);
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    let user = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("x-auth-user").then(|| v.trim())
+                        })
+                        .unwrap_or("");
+                    seen.heads
+                        .lock()
+                        .unwrap()
+                        .push(format!("conn={id} {method} {path} user={user}"));
+                    let body = format!("conn={id} path={path}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                seen.closed.lock().unwrap().push(id);
+            });
+        }
+    });
+    (addr, parsed)
+}
+
+#[tokio::test]
+async fn an_early_answer_closes_the_upstream_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, parsed) = naive_upstream().await;
+    let gw = Gateway::start(addr, "public = [\"/public/**\"]\n").await;
+    gw.add_user("ann", "pw", &[]);
+    let token = gw.login("ann", "pw").await;
+
+    // An anonymous upload whose body is a request of its own, sent only
+    // once the upstream has answered the upload's head.
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: up\r\nX-Auth-User: root\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /public/upload HTTP/1.1\r\nHost: gw\r\ncontent-length: {}\r\n\r\n",
+        smuggled.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("path=/public/upload") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    })
+    .await
+    .expect("no early answer");
+    assert!(early.starts_with("HTTP/1.1 200"), "{early}");
+    assert!(early.ends_with("conn=1 path=/public/upload"), "{early}");
+    // The gateway may have closed this client connection already.
+    let _ = s.write_all(smuggled.as_bytes()).await;
+
+    // The connection answered early is closed, not pooled, and the body
+    // that came after the answer never reaches the upstream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !parsed.closed.lock().unwrap().contains(&1) {
+        let heads = parsed.heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 1, "the upstream parsed the body: {heads:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection answered early is still open 5 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The next user's request goes out on a new connection.
+    let next = get(gw.addr, "/next", Some(&token)).await;
+    assert_eq!(next.text(), "conn=2 path=/next");
+    assert_eq!(
+        *parsed.heads.lock().unwrap(),
+        [
+            "conn=1 POST /public/upload user=",
+            "conn=2 GET /next user=ann"
+        ]
+    );
+    gw.stop().await;
+}
+
+/// An upstream whose `/slow` answers only once the test adds a permit to
+/// `release`; other paths answer at once. Answers `conn=N path=P`.
+struct Gated {
+    addr: SocketAddr,
+    release: Arc<tokio::sync::Semaphore>,
+    /// `/slow` requests received so far.
+    arrived: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+    /// The most connections it had open at once.
+    most_open: Arc<AtomicUsize>,
+}
+
+async fn gated_upstream() -> Gated {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let most_open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (rel, arr, acc, most) = (
+        release.clone(),
+        arrived.clone(),
+        accepted.clone(),
+        most_open.clone(),
+    );
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            let (rel, arr, open) = (rel.clone(), arr.clone(), open.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (rel, arr) = (rel.clone(), arr.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        if path.starts_with("/slow") {
+                            arr.fetch_add(1, Ordering::SeqCst);
+                            rel.acquire().await.unwrap().forget();
+                        }
+                        let text = format!("conn={id} path={path}");
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Gated {
+        addr,
+        release,
+        arrived,
+        accepted,
+        most_open,
+    }
+}
+
+/// A gateway allowing 2 upstream connections, where a request waits at
+/// most `wait` for one.
+async fn capped_gateway(upstream: SocketAddr, wait: &str) -> (Gateway, String) {
+    let gw = Gateway::start_edited(&format!("http://{upstream}"), "", |text| {
+        text.replacen(
+            "connect_timeout = \"1s\"\ntimeout = \"2s\"\n",
+            &format!("connect_timeout = \"{wait}\"\ntimeout = \"30s\"\nmax_connections = 2\n"),
+            1,
+        )
+    })
+    .await;
+    gw.add_user("ann", "pw", &[]);
+    let token = gw.login("ann", "pw").await;
+    (gw, token)
+}
+
+/// Starts `/slow/0` and `/slow/1` and waits until the upstream has both.
+async fn hold_two(gw: &Gateway, up: &Gated, token: &str) -> Vec<tokio::task::JoinHandle<Reply>> {
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let (addr, token) = (gw.addr, token.to_owned());
+            tokio::spawn(async move { get(addr, &format!("/slow/{i}"), Some(&token)).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while up.arrived.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream got {} of 2 slow requests",
+            up.arrived.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held
+}
+
+#[tokio::test]
+async fn upstream_connections_are_capped() {
+    // Both connections busy: a third request waits for one
+    // (connect_timeout) and then gets 503, without a third connection.
+    let up = gated_upstream().await;
+    let (gw, token) = capped_gateway(up.addr, "1s").await;
+    let held = hold_two(&gw, &up, &token).await;
+    let third = get(gw.addr, "/third", Some(&token)).await;
+    assert_eq!(third.status, 503, "{}", third.text());
+    assert_eq!(third.headers["content-type"], "application/json");
+    assert!(third.json()["detail"].is_string(), "{}", third.text());
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    up.release.add_permits(2);
+    for h in held {
+        let r = h.await.unwrap();
+        assert!(r.text().contains("path=/slow/"), "{}", r.text());
+    }
+    assert_eq!(up.most_open.load(Ordering::SeqCst), 2);
+    gw.stop().await;
+
+    // A connection freed while a request waits is handed to it.
+    let up = gated_upstream().await;
+    let (gw, token) = capped_gateway(up.addr, "20s").await;
+    let held = hold_two(&gw, &up, &token).await;
+    let waiting = {
+        let (addr, token) = (gw.addr, token.clone());
+        tokio::spawn(async move { get(addr, "/third", Some(&token)).await })
+    };
+    // Time to start waiting; it gets the freed connection either way.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    up.release.add_permits(1);
+    let third = waiting.await.unwrap();
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert!(
+        third.text() == "conn=1 path=/third" || third.text() == "conn=2 path=/third",
+        "{}",
+        third.text()
+    );
+    up.release.add_permits(1);
+    for h in held {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(up.most_open.load(Ordering::SeqCst), 2);
+    gw.stop().await;
+}
+
+/// An upstream that sends `100 Continue` as soon as it has a request's
+/// head, then reads the whole body and answers `conn=N len=BYTES`.
+async fn continuing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Some(end) = read_head(&mut stream, &mut pending).await {
+                    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    pending.drain(..end);
+                    if stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    while pending.len() < length {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    pending.drain(..length);
+                    let body = format!("conn={id} len={length}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn an_interim_100_continue_does_not_stop_the_upload() {
+    // Something heard from the upstream before the body is out pauses the
+    // body only until it is known not to be the response head.
+    let (addr, accepted) = continuing_upstream().await;
+    let (gw, token) = gateway(addr, "90s").await;
+    for size in [1024 * 1024, 4096] {
+        let req = Request::post("/up")
+            .header("authorization", format!("Token {token}"))
+            .header("expect", "100-continue")
+            .body(vec![b'u'; size])
+            .unwrap();
+        let r = send(gw.addr, req).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), format!("conn=1 len={size}"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
     gw.stop().await;
 }

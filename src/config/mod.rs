@@ -58,6 +58,9 @@ const ARGON2_MAX_ITERATIONS: u32 = 64;
 /// recommended setting (at most a few hundred MiB) and refuses the ones
 /// that make each login, and the hash a reload computes, take seconds.
 const ARGON2_MAX_WORK_KIB: u64 = 4 << 20;
+/// The most `upstream.max_connections` may be: as many as there are ports
+/// to connect from to the one upstream address.
+pub const MAX_UPSTREAM_CONNECTIONS: usize = 65_535;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -96,6 +99,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// Upstream connections open at once, idle, busy or tunneling; a
+    /// request finding none free waits up to `connect_timeout`, then 503.
+    pub max_connections: usize,
     /// Extra trust roots (PEM) for an https upstream with a private CA.
     pub ca_file: Option<PathBuf>,
     /// Request headers removed before forwarding, in every spelling.
@@ -563,6 +569,12 @@ impl Validator<'_> {
                 _ => strip_headers = None,
             }
         }
+        let max_connections = self.parse("upstream.max_connections", &r.max_connections, |n| {
+            usize::try_from(*n)
+                .ok()
+                .filter(|n| (1..=MAX_UPSTREAM_CONNECTIONS).contains(n))
+                .ok_or_else(|| format!("must be between 1 and {MAX_UPSTREAM_CONNECTIONS}"))
+        });
         let (scheme, authority, base_path) = url?;
         let ca_file = r.ca_file.as_ref().map(|f| base.join(f.get_ref()));
         Some(UpstreamConfig {
@@ -574,6 +586,7 @@ impl Validator<'_> {
             connect_timeout: connect_timeout?,
             timeout: timeout?,
             pool_idle_timeout: pool_idle_timeout?,
+            max_connections: max_connections?,
         })
     }
 

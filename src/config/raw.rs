@@ -67,6 +67,7 @@ pub struct RawUpstream {
     pub connect_timeout: Spanned<String>,
     pub timeout: Spanned<String>,
     pub pool_idle_timeout: Spanned<String>,
+    pub max_connections: Spanned<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<Spanned<String>>,
     pub strip_headers: Vec<Spanned<String>>,
@@ -79,6 +80,7 @@ impl Default for RawUpstream {
             connect_timeout: s("5s"),
             timeout: s("60s"),
             pool_idle_timeout: s("90s"),
+            max_connections: Spanned::new(0..0, 512),
             ca_file: None,
             strip_headers: crate::headers::STRIP_BY_DEFAULT
                 .iter()
