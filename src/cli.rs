@@ -125,17 +125,15 @@ pub fn main() -> anyhow::Result<ExitCode> {
                     source,
                 }
             })?;
-            let config = Config::from_toml(&text, &path, env)?;
+            let mut config = Config::from_toml(&text, &path, env)?;
             if let Some(files) = &config.server.tls {
                 crate::tls::acceptor(files)?;
             }
             print!("{}", Config::effective_toml(&text, &path, env)?);
             // What `serve` would do under this process's limit, raised.
             let limit = crate::openfiles::current().hard;
-            let max = config.server.max_connections;
-            let upstream = crate::openfiles::upstream_allowance(&config);
-            let fit = crate::openfiles::fit(limit, max, upstream);
-            if let Some(text) = crate::openfiles::explain(fit, limit, max, upstream) {
+            let (fit, explained) = crate::openfiles::apply(&mut config, limit);
+            if let Some(text) = explained {
                 if fit == crate::openfiles::Fit::NoRoom {
                     bail!("{}: serve would refuse to start: {text}", path.display());
                 }
@@ -267,11 +265,7 @@ fn fit_open_files(config: &mut Config) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let max = config.server.max_connections;
-    let upstream = openfiles::upstream_allowance(config);
-    let fit = openfiles::apply(config, limit);
-    let text = openfiles::explain(fit, limit, max, upstream);
-    match (fit, text) {
+    match openfiles::apply(config, limit) {
         (Fit::NoRoom, Some(text)) => bail!("{text}"),
         (Fit::Lowered { to }, Some(text)) => tracing::warn!(max_connections = to, "{text}"),
         _ => {}

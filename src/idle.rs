@@ -102,7 +102,9 @@ where
             return Poll::Pending;
         };
         match this.open.take() {
-            Some(open) => Poll::Ready(answered.map(|r| r.map(|body| Tracked { body, open }))),
+            Some(open) => {
+                Poll::Ready(answered.map(|r| r.map(|body| Tracked { body, _open: open })))
+            }
             // Polled again after its answer: there is nothing more.
             None => Poll::Pending,
         }
@@ -116,8 +118,7 @@ where
 pub struct Tracked<B> {
     body: B,
     /// Held, never read: its drop ends the stream's count.
-    #[allow(dead_code)]
-    open: Open,
+    _open: Open,
 }
 
 impl<B> Body for Tracked<B>

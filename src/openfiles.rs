@@ -2,8 +2,8 @@
 //! store file is a descriptor; when they run out, accept fails and clients
 //! wait in the backlog. At start the soft `RLIMIT_NOFILE` is raised to the
 //! hard limit, and `server.max_connections` is fitted under it with room
-//! for an upstream connection per client connection and for the process's
-//! own files, so the connection cap is reached before the limit is.
+//! for `upstream.max_connections` and for the process's own files, so the
+//! connection cap is reached before the limit is.
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
@@ -62,23 +62,14 @@ pub enum Fit {
     NoRoom,
 }
 
-/// The descriptors the upstream pool may hold: `upstream.max_connections`,
-/// its cap (`None` in [`fit`] gives each client connection room for one).
-pub fn upstream_allowance(config: &Config) -> Option<usize> {
-    Some(config.upstream.max_connections)
-}
-
-/// Fits `max_connections` client connections, `upstream` connections
-/// (`None`: one per client connection) and [`RESERVED`] under `limit`.
-pub fn fit(limit: Option<u64>, max_connections: usize, upstream: Option<usize>) -> Fit {
+/// Fits `max_connections` client connections, `upstream` connections and
+/// [`RESERVED`] under `limit`.
+pub fn fit(limit: Option<u64>, max_connections: usize, upstream: usize) -> Fit {
     let Some(limit) = limit else {
         return Fit::Fits;
     };
     let free = limit.saturating_sub(RESERVED);
-    let room = match upstream {
-        None => free / 2,
-        Some(upstream) => free.saturating_sub(upstream as u64),
-    };
+    let room = free.saturating_sub(upstream as u64);
     match usize::try_from(room).unwrap_or(usize::MAX) {
         0 => Fit::NoRoom,
         room if max_connections <= room => Fit::Fits,
@@ -91,13 +82,10 @@ pub fn explain(
     fit: Fit,
     limit: Option<u64>,
     max_connections: usize,
-    upstream: Option<usize>,
+    upstream: usize,
 ) -> Option<String> {
     let limit = limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
-    let upstream = match upstream {
-        None => "each client connection needs room for an upstream connection".to_owned(),
-        Some(n) => format!("upstream.max_connections ({n}) need room"),
-    };
+    let upstream = format!("upstream.max_connections ({upstream}) need room");
     let raise = "raise the limit (ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=)";
     match fit {
         Fit::Fits => None,
@@ -115,17 +103,15 @@ pub fn explain(
 }
 
 /// Applies the fit to `config` (the server then runs with the lowered
-/// cap) and returns it.
-pub fn apply(config: &mut Config, limit: Option<u64>) -> Fit {
-    let fit = fit(
-        limit,
-        config.server.max_connections,
-        upstream_allowance(config),
-    );
+/// cap); returns it and, unless it fits, the sentence saying so.
+pub fn apply(config: &mut Config, limit: Option<u64>) -> (Fit, Option<String>) {
+    let max = config.server.max_connections;
+    let upstream = config.upstream.max_connections;
+    let fit = fit(limit, max, upstream);
     if let Fit::Lowered { to } = fit {
         config.server.max_connections = to;
     }
-    fit
+    (fit, explain(fit, limit, max, upstream))
 }
 
 #[cfg(test)]
@@ -133,44 +119,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connections_fit_with_an_upstream_each_and_the_reserve() {
-        let each = |limit, clients| fit(limit, clients, None);
-        assert_eq!(each(None, 10_000), Fit::Fits);
-        assert_eq!(each(Some(1_048_576), 10_000), Fit::Fits);
-        assert_eq!(each(Some(20_064), 10_000), Fit::Fits);
-        assert_eq!(each(Some(20_063), 10_000), Fit::Lowered { to: 9_999 });
-        assert_eq!(each(Some(1_024), 10_000), Fit::Lowered { to: 480 });
-        assert_eq!(each(Some(256), 10), Fit::Fits);
-        assert_eq!(each(Some(RESERVED + 2), 10), Fit::Lowered { to: 1 });
-        assert_eq!(each(Some(RESERVED + 1), 10), Fit::NoRoom);
-        assert_eq!(each(Some(0), 10), Fit::NoRoom);
+    fn connections_fit_beside_the_pool_and_the_reserve() {
+        let beside = |limit, clients| fit(limit, clients, 100);
+        assert_eq!(beside(None, 10_000), Fit::Fits);
+        assert_eq!(beside(Some(1_048_576), 10_000), Fit::Fits);
+        assert_eq!(beside(Some(10_164), 10_000), Fit::Fits);
+        assert_eq!(beside(Some(10_163), 10_000), Fit::Lowered { to: 9_999 });
+        assert_eq!(beside(Some(RESERVED + 101), 10), Fit::Lowered { to: 1 });
+        assert_eq!(beside(Some(RESERVED + 100), 10), Fit::NoRoom);
+        assert_eq!(beside(Some(0), 10), Fit::NoRoom);
     }
 
     #[test]
     fn connections_fit_beside_a_capped_upstream_pool() {
-        assert_eq!(fit(Some(10_576), 10_000, Some(512)), Fit::Fits);
-        assert_eq!(
-            fit(Some(1_024), 10_000, Some(512)),
-            Fit::Lowered { to: 448 }
-        );
-        assert_eq!(fit(Some(RESERVED + 512), 10, Some(512)), Fit::NoRoom);
-        assert_eq!(fit(None, 10, Some(512)), Fit::Fits);
+        assert_eq!(fit(Some(10_576), 10_000, 512), Fit::Fits);
+        assert_eq!(fit(Some(1_024), 10_000, 512), Fit::Lowered { to: 448 });
+        assert_eq!(fit(Some(RESERVED + 512), 10, 512), Fit::NoRoom);
+        assert_eq!(fit(None, 10, 512), Fit::Fits);
     }
 
     #[test]
     fn the_explanation_names_the_keys_and_the_limit() {
-        let text = explain(Fit::Lowered { to: 480 }, Some(1024), 10_000, None).unwrap();
+        let text = explain(Fit::Lowered { to: 448 }, Some(1024), 10_000, 512).unwrap();
         assert!(
-            text.contains("server.max_connections (10000) lowered to 480"),
+            text.contains("server.max_connections (10000) lowered to 448"),
             "{text}"
         );
         assert!(text.contains("limit is 1024"), "{text}");
-        let text = explain(Fit::NoRoom, Some(10), 10, None).unwrap();
+        let text = explain(Fit::NoRoom, Some(10), 10, 512).unwrap();
         assert!(text.contains("(10) leaves no room"), "{text}");
-        let text = explain(Fit::NoRoom, Some(300), 10, Some(512)).unwrap();
+        let text = explain(Fit::NoRoom, Some(300), 10, 512).unwrap();
         assert!(text.contains("upstream.max_connections (512)"), "{text}");
         assert!(text.contains("server.max_connections"), "{text}");
-        assert_eq!(explain(Fit::Fits, Some(1024), 10, None), None);
+        assert_eq!(explain(Fit::Fits, Some(1024), 10, 512), None);
     }
 
     #[test]
