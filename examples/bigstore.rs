@@ -11,8 +11,8 @@
 
 use std::path::PathBuf;
 
+use tokengate::store::token::Token;
 use tokengate::store::{Store, TokenRecord, User, now};
-use tokengate::token::Token;
 
 /// How many of the new tokens are written out for the load generator.
 const SECRETS: usize = 999;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use crate::auth::password::{Hasher, Password};
 use crate::config::{Config, units};
-use crate::control::{Backend, Op, Reply, TokenView, UserView};
-use crate::password::{Hasher, Password};
 use crate::store::Store;
+use crate::store::control::{Backend, Op, Reply, TokenView, UserView};
 use crate::time::rfc3339;
 
 #[derive(Debug, Parser)]
@@ -131,10 +131,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
             }
             print!("{}", Config::effective_toml(&text, &path, env)?);
             // What `serve` would do under this process's limit, raised.
-            let limit = crate::openfiles::current().hard;
-            let (fit, explained) = crate::openfiles::apply(&mut config, limit);
+            let limit = crate::server::openfiles::current().hard;
+            let (fit, explained) = crate::server::openfiles::apply(&mut config, limit);
             if let Some(text) = explained {
-                if fit == crate::openfiles::Fit::NoRoom {
+                if fit == crate::server::openfiles::Fit::NoRoom {
                     bail!("{}: serve would refuse to start: {text}", path.display());
                 }
                 eprintln!(
@@ -192,7 +192,7 @@ fn init_logging(config: &Config) {
     };
     // tracing-subscriber's `fmt` output, with the access line formatted by
     // the access log itself (it cost a sixth of a proxied request).
-    crate::accesslog::subscriber(filter, config.log.format, std::io::stderr).init();
+    crate::observe::accesslog::subscriber(filter, config.log.format, std::io::stderr).init();
 }
 
 fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
@@ -253,7 +253,7 @@ fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
 /// Raises the open-file limit and fits `server.max_connections` under it,
 /// so that accept never fails for want of a descriptor.
 fn fit_open_files(config: &mut Config) -> anyhow::Result<()> {
-    use crate::openfiles::{self, Fit};
+    use crate::server::openfiles::{self, Fit};
     let (before, error) = openfiles::raise();
     let limit = openfiles::current().soft;
     match error {
@@ -293,7 +293,10 @@ fn reload_on_sighup(
                 Ok(mut config) => {
                     // Fitted as at start, so the cap compares equal and
                     // the reload does not warn of a change.
-                    crate::openfiles::apply(&mut config, crate::openfiles::current().soft);
+                    crate::server::openfiles::apply(
+                        &mut config,
+                        crate::server::openfiles::current().soft,
+                    );
                     if reloads.send(config).await.is_err() {
                         return;
                     }

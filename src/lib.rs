@@ -1,69 +1,43 @@
 //! tokengate: an authentication gateway in front of an HTTP API that has
-//! none. It serves `POST /login`, keeps users and tokens in sled, checks
+//! none. It serves `POST /login`, keeps users and tokens in a store, checks
 //! `Authorization: Token <key>` on every other request, and streams what it
 //! lets through to one upstream with the caller's identity in a header.
 //!
-//! A request flows one way through these modules:
+//! The folders are the layers; each depends only on those listed before it:
 //!
-//! - [`server`]: accepts connections, serves HTTP/1.1 and h2c, drains on
-//!   shutdown; [`timer`] keeps the header-read deadlines, [`idle`] tells
-//!   when an HTTP/2 connection has had no stream for as long
-//! - [`gateway`]: the pipeline — target check, login/logout, authenticate, authorize, forward, log
-//! - [`canonical`]: the one canonical form of a path that every decision uses
-//! - [`login`]: the login endpoint (the only body the gateway reads), rate-limited by [`throttle`]
-//! - [`auth`]: `Authorization` header → [`store::Identity`], through [`tokencache`]
-//! - [`policy`]: public paths and `[[rules]]` roles, over [`pattern`]s
-//! - [`headers`]: pure header operations on forwarded requests and responses
-//! - [`upstream`]: connects (http or https, names via [`resolve`]) and sends
-//!   over keep-alive connections from [`pool`], each driven by the request
-//!   using it ([`connection`]), timeouts → 502/504;
-//!   [`tunnel`] splices WebSocket upgrades
-//! - [`response`]: every rejection and the one function that renders it
-//! - [`accesslog`]: the line per request, written when the response body ends
-//!   (bytes actually sent) or the client goes away
-//!
-//! Beside it: [`config`] (TOML → validated types), [`store`] (sled),
-//! [`control`] (the local admin channel the CLI uses while the server runs),
-//! [`backup`] (snapshots of the store), [`files`] (the store directory's
-//! modes and owner, backups' private temporary files),
-//! [`openfiles`] (the file-descriptor budget that `serve` fits
-//! `max_connections` under), [`token`] (format, checksum, digest), [`password`] (argon2id on a bounded
-//! blocking pool), [`admin`] (health and [`metrics`] on their own listener),
-//! [`cli`] (the `tokengate` commands).
+//! - [`request`]: pure operations on request parts: the canonical path,
+//!   path patterns, header edits
+//! - [`config`]: TOML → validated types, every problem reported with its key
+//!   and line; [`time`] and [`tls`] (the listener's certificates) sit beside it
+//! - [`store`]: users and tokens (sled), the token format, backups, the
+//!   store directory's files, and the control socket the CLI uses while a
+//!   server runs
+//! - [`auth`]: `Authorization` header → caller, through the token cache;
+//!   passwords (argon2id on its own threads) and the login throttle
+//! - [`upstream`]: connections to the upstream (resolve, connect, pool, the
+//!   connection each request drives) and the exchange, failures typed
+//! - [`observe`]: the access line per request and the metrics
+//! - [`gateway`]: the pipeline every request goes through — target check →
+//!   login/logout → authenticate → authorize → forward → log — with the
+//!   policy, the login endpoint, tunnels, and the one place a rejection
+//!   becomes a response
+//! - [`server`]: accepting connections (HTTP/1.1, h2c, TLS), header-read
+//!   deadlines, idle HTTP/2, the open-files budget, the admin listener
+//! - [`cli`]: the `tokengate` commands; [`run`] and [`run_with`] start a
+//!   gateway for the binary and the tests alike
 
 #![forbid(unsafe_code)]
 
-pub mod accesslog;
-pub mod admin;
 pub mod auth;
-pub mod backup;
-pub mod canonical;
 pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod control;
-pub mod files;
 pub mod gateway;
-pub mod headers;
-pub mod idle;
-pub mod login;
-pub mod metrics;
-pub mod openfiles;
-pub mod password;
-pub mod pattern;
-pub mod policy;
-pub mod pool;
-pub mod resolve;
-pub mod response;
+pub mod observe;
+pub mod request;
 pub mod server;
 pub mod store;
-pub mod throttle;
 pub mod time;
-pub mod timer;
 pub mod tls;
-pub mod token;
-pub mod tokencache;
-pub mod tunnel;
 pub mod upstream;
 
 use std::future::Future;
@@ -76,7 +50,7 @@ pub enum RunError {
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Control(#[from] control::ControlError),
+    Control(#[from] store::control::ControlError),
 }
 
 /// How often expired tokens are swept from the store.
@@ -117,18 +91,18 @@ pub async fn run_with(
     reloads: Option<Reloads>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let control = control::bind(&config.store.path)?;
-    let control = tokio::spawn(control::serve(control, store.clone()));
+    let control = store::control::bind(&config.store.path)?;
+    let control = tokio::spawn(store::control::serve(control, store.clone()));
     let purge = tokio::spawn(purge_expired(store.clone()));
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(observe::metrics::Metrics::new());
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin = listeners.admin.map(|listener| {
-        let admin = Arc::new(admin::Admin {
+        let admin = Arc::new(server::admin::Admin {
             store: store.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),
         });
-        tokio::spawn(admin::serve(listener, admin))
+        tokio::spawn(server::admin::serve(listener, admin))
     });
     let gateway = Arc::new(gateway::Gateway::new(config.clone(), store, metrics).await?);
     let shutdown = async {
@@ -145,7 +119,7 @@ pub async fn run_with(
     if let Some(admin) = admin {
         admin.abort();
     }
-    let _ = std::fs::remove_file(control::socket_path(&config.store.path));
+    let _ = std::fs::remove_file(store::control::socket_path(&config.store.path));
     served?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokengate::store::Store;
-use tokengate::token::Token;
+use tokengate::store::token::Token;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 

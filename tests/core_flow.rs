@@ -50,7 +50,7 @@ async fn no_token_and_bad_tokens_get_the_contract_401s() {
         r.json(),
         serde_json::json!({"detail": "Authentication credentials were not provided."})
     );
-    let unknown = tokengate::token::Token::generate().unwrap();
+    let unknown = tokengate::store::token::Token::generate().unwrap();
     for bad in [unknown.expose(), "tg_short", "not-a-token"] {
         let r = get(gw.addr, "/items", Some(bad)).await;
         assert_eq!(r.status, 401, "{bad}");

@@ -206,7 +206,7 @@ fn run_with_input(mut cmd: std::process::Command, stdin: Option<String>) -> std:
 }
 
 fn token_id(secret: &str) -> String {
-    tokengate::token::Token::parse(secret)
+    tokengate::store::token::Token::parse(secret)
         .expect("a token the server handed out parses")
         .digest()
         .id()

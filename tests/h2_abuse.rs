@@ -1,7 +1,7 @@
 //! HTTP/2 abuse against the real gateway over h2c prior knowledge: rapid
 //! reset (CVE-2023-44487), streams past the concurrency limit, and header
 //! blocks far over `max_header_size` (CONTINUATION floods). Each attack must
-//! be cut off by the limits in `src/server.rs`, must not reach the upstream,
+//! be cut off by the limits in `src/server/`, must not reach the upstream,
 //! and must leave the gateway serving the next client.
 //!
 //! The `h2` crate's client is used where it can express the attack; where it

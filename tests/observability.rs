@@ -63,9 +63,9 @@ async fn health_readiness_and_metrics_after_traffic() {
         "public = [\"/open\"]\n[[rules]]\npath = \"/admin/**\"\nroles = [\"admin\"]\n",
     )
     .await;
-    let hasher = tokengate::password::Hasher::new(g.config.auth.argon2).unwrap();
+    let hasher = tokengate::auth::password::Hasher::new(g.config.auth.argon2).unwrap();
     let hash = hasher
-        .hash_now(&tokengate::password::Password::new("pw".into()))
+        .hash_now(&tokengate::auth::password::Password::new("pw".into()))
         .unwrap();
     g.store.add_user("ann", hash, vec![]).unwrap();
 

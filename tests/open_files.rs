@@ -45,7 +45,7 @@ async fn a_low_open_file_limit_lowers_max_connections_and_accept_keeps_working()
     env.ulimit = Some(format!("-n {LIMIT}"));
     let server = Server::start(&env).unwrap_or_else(|f| panic!("did not start: {f:?}"));
     let addr = server.addr;
-    let cap = (LIMIT - tokengate::openfiles::RESERVED) / 2;
+    let cap = (LIMIT - tokengate::server::openfiles::RESERVED) / 2;
 
     // More connections than the limit has files: the first `cap` are held
     // (silent, waiting for their first bytes), the others closed.
@@ -120,7 +120,7 @@ async fn a_low_open_file_limit_lowers_max_connections_and_accept_keeps_working()
 async fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     // A 256 soft limit would leave room for 96 connections; raised to a
     // hard limit of 2,064 or more, 1,000 fit.
-    let hard = tokengate::openfiles::current().hard;
+    let hard = tokengate::server::openfiles::current().hard;
     if hard.is_some_and(|hard| hard < 2_064) {
         eprintln!("skipped: the hard limit ({hard:?}) is too low to raise to");
         return;

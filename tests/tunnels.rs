@@ -109,7 +109,9 @@ async fn assert_closed(s: &mut TcpStream, why: &str) {
 }
 
 fn id_of(token: &str) -> String {
-    tokengate::token::Token::digest_of(token).unwrap().id()
+    tokengate::store::token::Token::digest_of(token)
+        .unwrap()
+        .id()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +146,7 @@ async fn revoked_tokens_close_open_tunnels() {
     // And straight through the store, as a leaked-secret revoke does.
     let also = gw.login("bob", "pw").await;
     let (mut store_tunnel, _) = open(&gw, Some(&also)).await;
-    let digest = tokengate::token::Token::digest_of(&also).unwrap();
+    let digest = tokengate::store::token::Token::digest_of(&also).unwrap();
     assert!(gw.store.revoke(&digest).unwrap());
     assert_closed(&mut store_tunnel, "store revoke").await;
 

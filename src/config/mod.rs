@@ -14,9 +14,8 @@ use std::time::Duration;
 use http::{HeaderName, Uri};
 use toml::Spanned;
 
-use crate::canonical::canonicalize;
-use crate::pattern::PathPattern;
-use crate::throttle::ThrottleConfig;
+use crate::request::canonical::canonicalize;
+use crate::request::pattern::PathPattern;
 use raw::RawConfig;
 use units::{parse_duration, parse_size};
 
@@ -40,6 +39,25 @@ pub struct Config {
     pub log: LogConfig,
     pub throttle: ThrottleConfig,
     pub rules: Vec<Rule>,
+}
+
+/// `[throttle]`: login failures counted per address and per username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    pub enabled: bool,
+    pub max_failures: u32,
+    pub window: Duration,
+    pub ban: Duration,
+    pub max_ban: Duration,
+    pub max_tracked: usize,
+    /// How long a limited login waits for its 429: a flooding client then
+    /// costs a timer instead of a request's work each time.
+    pub limited_delay: Duration,
+    /// Failed logins per second, across all keys, before logins slow down.
+    pub global_failure_rate: u32,
+    /// The longest a login waits on an overdrawn global budget; zero turns
+    /// the budget off.
+    pub global_max_delay: Duration,
 }
 
 /// The most `server.max_connections` may be.
@@ -558,7 +576,7 @@ impl Validator<'_> {
                 // The gateway frames and routes the request with these.
                 if ["host", "content-length", "transfer-encoding"]
                     .iter()
-                    .any(|framing| crate::headers::same_header(name.as_str(), framing))
+                    .any(|framing| crate::request::headers::same_header(name.as_str(), framing))
                 {
                     return Err(format!("`{h}` frames the request; it cannot be stripped"));
                 }
@@ -645,7 +663,7 @@ impl Validator<'_> {
             identity_header_name(h)
         });
         if let (Some(a), Some(b)) = (&identity_header, &roles_header)
-            && crate::headers::same_header(a.as_str(), b.as_str())
+            && crate::request::headers::same_header(a.as_str(), b.as_str())
         {
             self.problem(
                 "auth.roles_header",
@@ -879,7 +897,7 @@ fn header_name(text: &str) -> Result<HeaderName, String> {
 
 fn identity_header_name(text: &str) -> Result<HeaderName, String> {
     let name = header_name(text)?;
-    if crate::headers::reserved_for_gateway(name.as_str()) {
+    if crate::request::headers::reserved_for_gateway(name.as_str()) {
         return Err(format!(
             "`{text}` frames the request or is the gateway's own; choose another name such as X-Auth-User"
         ));

@@ -82,7 +82,7 @@ impl Default for RawUpstream {
             pool_idle_timeout: s("90s"),
             max_connections: Spanned::new(0..0, 512),
             ca_file: None,
-            strip_headers: crate::headers::STRIP_BY_DEFAULT
+            strip_headers: crate::request::headers::STRIP_BY_DEFAULT
                 .iter()
                 .map(|h| s(h))
                 .collect(),

@@ -7,7 +7,7 @@
 //! of one exchange on different worker threads. Here the client
 //! connection's task polls the upstream connection wherever it waits on it:
 //! for the response head ([`Conn::send`]), in each read of the response
-//! body ([`crate::pool::Returning`]), and when taking it from the pool
+//! body ([`crate::upstream::pool::Returning`]), and when taking it from the pool
 //! ([`Conn::ready`]). An idle connection in the pool is polled by no one;
 //! if the upstream closed it meanwhile, the first drive after taking it
 //! reads the close before it writes, and the request, unsent, goes out
@@ -37,8 +37,22 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::pool::Slot;
-use crate::upstream::Outbound;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::outbound::{ClientBodyError, Outbound};
+
+/// The right to one open upstream connection. The connection's transport
+/// holds it, so it is given back when the socket closes, however that
+/// happens.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    pub fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self { _permit: permit }
+    }
+}
 
 /// An upstream connection's transport.
 pub enum Io {
@@ -140,7 +154,7 @@ struct Upload {
 
 impl hyper::body::Body for Upload {
     type Data = bytes::Bytes;
-    type Error = crate::upstream::ClientBodyError;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

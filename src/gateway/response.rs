@@ -7,8 +7,12 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use crate::auth::Unauthenticated;
+use crate::upstream::pool::Returning;
+use crate::upstream::{Failure, InvalidTarget};
+
 /// Either a body the gateway wrote or the upstream's, streamed untouched.
-pub type Body = Either<Full<Bytes>, crate::pool::Returning>;
+pub type Body = Either<Full<Bytes>, Returning>;
 
 /// Why a request was not forwarded, or failed on the way.
 #[derive(Debug)]
@@ -49,6 +53,33 @@ pub enum LoginRejection {
 impl From<LoginRejection> for Rejection {
     fn from(r: LoginRejection) -> Self {
         Rejection::Login(r)
+    }
+}
+
+impl From<Failure> for Rejection {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Timeout => Rejection::UpstreamTimeout,
+            Failure::ClientBody => Rejection::BadRequest("The request body is malformed."),
+            Failure::Busy => Rejection::UpstreamBusy,
+            Failure::Unreachable => Rejection::UpstreamUnreachable,
+        }
+    }
+}
+
+impl From<Unauthenticated> for Rejection {
+    fn from(reason: Unauthenticated) -> Self {
+        match reason {
+            Unauthenticated::Missing => Rejection::NotProvided,
+            Unauthenticated::Invalid => Rejection::InvalidToken,
+            Unauthenticated::StoreUnavailable => Rejection::StoreUnavailable,
+        }
+    }
+}
+
+impl From<InvalidTarget> for Rejection {
+    fn from(_: InvalidTarget) -> Self {
+        Rejection::BadRequest("The request target is not valid.")
     }
 }
 
@@ -312,5 +343,15 @@ mod tests {
         )))
         .into_response();
         assert_eq!(r.headers()["retry-after"], "2", "rounded up, never 0");
+    }
+
+    #[test]
+    fn the_logged_body_stays_small() {
+        // hyper keeps a slot this size in every HTTP/1 connection for its
+        // life (the upstream body's connection, driver and the request's
+        // progress included); boxing the entry would trade that for an
+        // allocation per request.
+        let size = std::mem::size_of::<crate::observe::accesslog::Logged<Body>>();
+        assert!(size <= 240, "Logged<Body> is {size} bytes");
     }
 }

@@ -3,6 +3,11 @@
 //! Each phase returns a typed outcome; `Rejection::into_response` is the
 //! only place a failure becomes an HTTP answer.
 
+pub mod login;
+pub mod policy;
+pub mod response;
+pub mod tunnel;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -15,23 +20,23 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::accesslog::{self, Logged, Outcome, Pending};
-use crate::auth::{self, Credential};
-use crate::canonical::canonicalize;
+use crate::auth::cache::{TokenCache, Verified};
+use crate::auth::password::Hasher;
+use crate::auth::throttle::Throttle;
+use crate::auth::{self, Credential, Unauthenticated};
 use crate::config::{Config, IpNet};
-use crate::headers::{self, Forwarded};
-use crate::login::Login;
-use crate::metrics::{AuthOutcome, LoginOutcome, Metrics};
-use crate::password::Hasher;
-use crate::policy;
-use crate::response::{self, Body, LoginRejection, Rejection};
+use crate::gateway::login::Login;
+use crate::observe::accesslog::{self, Logged, Outcome, Pending};
+use crate::observe::metrics::{AuthOutcome, LoginOutcome, Metrics};
+use crate::request::canonical::canonicalize;
+use crate::request::headers::{self, Forwarded};
 use crate::store::Store;
-use crate::throttle::Throttle;
-use crate::tokencache::{TokenCache, Verified};
-use crate::tunnel;
-use crate::upstream::Upstream;
+use crate::upstream::pool::Returning;
+use crate::upstream::{Failure, Upstream};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
+use http_body_util::Either;
+use response::{Body, LoginRejection, Rejection};
 use tokio_rustls::TlsAcceptor;
 
 /// Everything a request needs. The config-derived part is swapped whole on
@@ -58,7 +63,7 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error(transparent)]
-    Password(#[from] crate::password::PasswordError),
+    Password(#[from] crate::auth::password::PasswordError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
@@ -92,7 +97,7 @@ pub struct Peer {
     pub ip: HeaderValue,
     /// The same text for the access log: an `Arc<str>` is 16 bytes to a
     /// `HeaderValue`'s 40 in the slot every HTTP/1 connection keeps for
-    /// its response (`accesslog::tests::the_wrapper_stays_small`).
+    /// its response (`response::tests::the_logged_body_stays_small`).
     pub ip_text: Arc<str>,
 }
 
@@ -222,7 +227,7 @@ impl Gateway {
     /// The upstream's answer to a forwarded request, on its way back.
     fn forwarded(
         &self,
-        response: Result<Response<Body>, Rejection>,
+        response: Result<Response<Returning>, Failure>,
         started: Instant,
         upgrade: Option<Upgrade>,
         mut pending: Pending,
@@ -232,7 +237,8 @@ impl Gateway {
         self.metrics.upstream_latency.observe(elapsed);
         pending.outcome().upstream_us = Some(accesslog::micros(elapsed));
         let response = match response {
-            Ok(mut response) => {
+            Ok(response) => {
+                let mut response = response.map(Either::Right);
                 if let Some((protocol, client, verified)) = upgrade
                     && response.status() == StatusCode::SWITCHING_PROTOCOLS
                 {
@@ -242,7 +248,7 @@ impl Gateway {
                 }
                 response
             }
-            Err(rejection) => rejection.into_response(),
+            Err(failure) => Rejection::from(failure).into_response(),
         };
         unanswered.answered();
         self.respond(pending, response)
@@ -283,9 +289,9 @@ impl Gateway {
         } else {
             let identity =
                 auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
-                    .inspect_err(|rejection| {
-                        self.metrics.auth(match rejection {
-                            Rejection::NotProvided => AuthOutcome::Missing,
+                    .inspect_err(|reason| {
+                        self.metrics.auth(match reason {
+                            Unauthenticated::Missing => AuthOutcome::Missing,
                             _ => AuthOutcome::Invalid,
                         })
                     })?;
@@ -362,12 +368,7 @@ impl Gateway {
             Credential::Malformed => return Err(Rejection::InvalidToken),
             Credential::Token(digest) => digest,
         };
-        let identity = auth::authenticate(
-            &self.store,
-            &self.tokens,
-            req.headers(),
-            &s.config.auth.schemes,
-        )?;
+        let identity = auth::verify(&self.store, &self.tokens, &digest)?;
         outcome.user = Some(identity.username.clone());
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.revoke(&digest)).await {

@@ -19,8 +19,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::auth::cache::Verified;
 use crate::store::{Revoked, Store};
-use crate::tokencache::Verified;
 
 /// The `Upgrade` value of a request asking for a protocol switch we tunnel.
 pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -197,16 +197,16 @@ async fn expiry(expires_at: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokencache::TokenCache;
+    use crate::auth::cache::TokenCache;
     use futures_util::FutureExt;
 
-    fn issue(s: &Store, name: &str) -> crate::token::Token {
+    fn issue(s: &Store, name: &str) -> crate::store::token::Token {
         let user = s.user(name).unwrap().unwrap();
         s.issue_token(&user, None, None).unwrap().0
     }
 
     /// A lease on a check of `token` made now.
-    fn lease(s: &Store, token: &crate::token::Token) -> Lease {
+    fn lease(s: &Store, token: &crate::store::token::Token) -> Lease {
         let verified = TokenCache::new()
             .check(s, &token.digest())
             .unwrap()

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::backup::{self, BackupError};
+use crate::store::backup::{self, BackupError};
 use crate::store::{Store, StoreError, TokenInfo, User};
 
 pub const SOCKET_NAME: &str = "admin.sock";

@@ -12,10 +12,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode;
 
-use crate::password::{Hasher, Password};
-use crate::response::{self, Body, LoginRejection, Rejection};
+use crate::auth::password::{Hasher, Password};
+use crate::auth::throttle::Throttle;
+use crate::gateway::response::{self, Body, LoginRejection, Rejection};
 use crate::store::{Store, StoreError};
-use crate::throttle::Throttle;
 
 /// The credentials a login body carried.
 #[derive(Debug)]

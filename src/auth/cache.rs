@@ -17,8 +17,8 @@ use std::sync::{Arc, RwLock};
 
 use http::HeaderValue;
 
+use crate::store::token::TokenDigest;
 use crate::store::{Identity, LAST_USED_GRANULARITY, LiveToken, Store, StoreError};
-use crate::token::TokenDigest;
 
 /// More live tokens than this in one minute and the cache starts over.
 const CAPACITY: usize = 10_000;
@@ -187,7 +187,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&second, &third));
     }
 
-    type Revocation = dyn Fn(&Store, &crate::token::Token);
+    type Revocation = dyn Fn(&Store, &crate::store::token::Token);
 
     #[test]
     fn every_revocation_is_seen_at_once() {

@@ -2,7 +2,7 @@
 //! for one exchange and put back when the gateway drops the response body
 //! having read it to its end, so nothing — no task, no channel — stands
 //! between a request and the connection it goes out on; the request drives
-//! it ([`crate::connection`]). The most recently used connection is taken
+//! it ([`crate::upstream::connection`]). The most recently used connection is taken
 //! first; the rest age out after `upstream.pool_idle_timeout`.
 //!
 //! At most `upstream.max_connections` are open at once, idle, busy or
@@ -18,9 +18,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Frame, Incoming, SizeHint};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
-use crate::connection::Conn;
+use super::connection::{Conn, Slot};
 
 /// Idle connections past this many are closed at once rather than kept:
 /// as many as nginx's `keepalive 256` in the benchmark's anchor.
@@ -39,13 +39,6 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// Wakes a request waiting for a connection when one comes back idle.
     returned: Notify,
-}
-
-/// The right to one open upstream connection. The connection's transport
-/// holds it, so it is given back when the socket closes, however that
-/// happens.
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
 }
 
 /// What a request goes out on.
@@ -89,7 +82,7 @@ impl Pool {
             return Ok(Lease::Idle(conn));
         }
         if let Ok(permit) = Arc::clone(&self.shared.slots).try_acquire_owned() {
-            return Ok(Lease::New(Slot { _permit: permit }));
+            return Ok(Lease::New(Slot::new(permit)));
         }
         tokio::time::timeout(wait, self.wait())
             .await
@@ -110,7 +103,7 @@ impl Pool {
                 permit = Arc::clone(&self.shared.slots).acquire_owned() => {
                     // The semaphore is never closed.
                     let permit = permit.map_err(|_| Busy)?;
-                    return Ok(Lease::New(Slot { _permit: permit }));
+                    return Ok(Lease::New(Slot::new(permit)));
                 }
                 () = &mut returned => {}
             }

@@ -3,17 +3,20 @@
 //! connection free) or 504.
 //! Bodies pass through untouched in both directions; nothing here buffers.
 
+pub mod connection;
+pub mod outbound;
+pub mod pool;
+pub mod resolve;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -21,47 +24,11 @@ use tokio::time::error::Elapsed;
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
-use crate::connection::{Conn, Io};
-use crate::headers;
-use crate::pool::{Busy, Lease, Pool, Slot};
-use crate::resolve::Resolver;
-use crate::response::{Body, Rejection};
-
-/// A client's request body on its way upstream: data streams through
-/// untouched, trailers are dropped. Trailers could carry a second copy of
-/// the identity headers past the checks that cleaned the header section.
-pub struct Outbound(Incoming);
-
-/// Reading the client's request body failed (a malformed chunk, a client
-/// gone mid-body). A type of its own, so the failure it causes upstream
-/// can be told from the upstream's own.
-#[derive(Debug, thiserror::Error)]
-#[error("reading the client's request body failed")]
-pub struct ClientBodyError(#[source] hyper::Error);
-
-impl hyper::body::Body for Outbound {
-    type Data = bytes::Bytes;
-    type Error = ClientBodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match Pin::new(&mut self.0).poll_frame(cx) {
-            // Trailers are the last frame: ending here loses nothing else.
-            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
-            other => other.map_err(ClientBodyError),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.0.size_hint()
-    }
-}
+use crate::request::headers;
+use connection::{Conn, Io, Slot};
+use outbound::{ClientBodyError, Outbound};
+use pool::{Busy, Lease, Pool, Returning};
+use resolve::Resolver;
 
 pub struct Upstream {
     tcp: HttpConnector<Resolver>,
@@ -85,6 +52,24 @@ enum SendError {
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
+
+/// Why a forwarded request got no response from the upstream, as the
+/// gateway answers it: 400, 503, 502 or 504. The cause is logged here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No response head within `upstream.timeout`.
+    Timeout,
+    /// The client's request body was malformed or cut short.
+    ClientBody,
+    /// Every connection stayed busy for `upstream.connect_timeout`.
+    Busy,
+    /// Connecting failed, or the connection broke.
+    Unreachable,
+}
+
+/// The client's path and query make no valid upstream target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -149,7 +134,7 @@ impl Upstream {
 
     /// The upstream request target (origin-form) for the canonical `path`
     /// of the client's `uri`, with the client's raw query.
-    pub fn uri_for(&self, uri: &Uri, path: &str) -> Result<Uri, Rejection> {
+    pub fn uri_for(&self, uri: &Uri, path: &str) -> Result<Uri, InvalidTarget> {
         // Already canonical, no base path: the client's own bytes, shared.
         if self.config.base_path.is_empty()
             && uri.path() == path
@@ -169,7 +154,7 @@ impl Upstream {
         }
         PathAndQuery::try_from(pq)
             .map(Uri::from)
-            .map_err(|_| Rejection::BadRequest("The request target is not valid."))
+            .map_err(|_| InvalidTarget)
     }
 
     /// Sends a prepared request and streams the answer back. The future
@@ -177,7 +162,7 @@ impl Upstream {
     pub fn send(
         self: &Arc<Self>,
         req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<Body>, Rejection>> + Send + 'static {
+    ) -> impl Future<Output = Result<Response<Returning>, Failure>> + Send + 'static {
         let uploading = !hyper::body::Body::is_end_stream(req.body());
         let exchange = Arc::clone(self).exchange(self.outbound(req));
         let this = Arc::clone(self);
@@ -190,15 +175,15 @@ impl Upstream {
         &self,
         result: Result<Result<(Response<Incoming>, Conn), SendError>, Elapsed>,
         uploading: bool,
-    ) -> Result<Response<Body>, Rejection> {
+    ) -> Result<Response<Returning>, Failure> {
         let (response, conn) = match result {
             Err(_) => {
                 tracing::warn!(timeout = ?self.config.timeout, "upstream sent no response headers in time");
-                return Err(Rejection::UpstreamTimeout);
+                return Err(Failure::Timeout);
             }
             Ok(Err(e)) if from_client_body(&e) => {
                 tracing::info!(error = %error_chain(&e), "the client's request body was malformed or cut short: client error");
-                return Err(Rejection::BadRequest("The request body is malformed."));
+                return Err(Failure::ClientBody);
             }
             Ok(Err(SendError::Busy(e))) => {
                 tracing::warn!(
@@ -206,12 +191,12 @@ impl Upstream {
                     waited = ?self.config.connect_timeout,
                     "{e}"
                 );
-                return Err(Rejection::UpstreamBusy);
+                return Err(Failure::Busy);
             }
             Ok(Err(e)) => {
                 let connect = matches!(e, SendError::Connect(_));
                 tracing::warn!(error = %error_chain(&e), connect, "upstream request failed");
-                return Err(Rejection::UpstreamUnreachable);
+                return Err(Failure::Unreachable);
             }
             Ok(Ok(exchanged)) => exchanged,
         };
@@ -221,7 +206,7 @@ impl Upstream {
             body.upgrade();
         }
         headers::remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Either::Right(body)))
+        Ok(Response::from_parts(parts, body))
     }
 
     /// The request as it goes out: HTTP/1.1 (the pool speaks nothing
@@ -232,7 +217,7 @@ impl Upstream {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        req.map(Outbound)
+        req.map(Outbound::new)
     }
 
     /// One exchange up to the response head, on a pooled connection when

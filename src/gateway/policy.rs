@@ -2,8 +2,8 @@
 //! Decisions are made on the canonical path only.
 
 use crate::config::Rule;
-use crate::pattern::PathPattern;
-use crate::response::Rejection;
+use crate::gateway::response::Rejection;
+use crate::request::pattern::PathPattern;
 use crate::store::Identity;
 
 pub fn is_public(public: &[PathPattern], path: &str) -> bool {

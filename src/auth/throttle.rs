@@ -22,23 +22,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ThrottleConfig {
-    pub enabled: bool,
-    pub max_failures: u32,
-    pub window: Duration,
-    pub ban: Duration,
-    pub max_ban: Duration,
-    pub max_tracked: usize,
-    /// How long a limited login waits for its 429: a flooding client then
-    /// costs a timer instead of a request's work each time.
-    pub limited_delay: Duration,
-    /// Failed logins per second, across all keys, before logins slow down.
-    pub global_failure_rate: u32,
-    /// The longest a login waits on an overdrawn global budget; zero turns
-    /// the budget off.
-    pub global_max_delay: Duration,
-}
+use crate::config::ThrottleConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {

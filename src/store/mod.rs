@@ -19,6 +19,11 @@
 //! write that ends tokens is also announced (`Store::revocations`) once it
 //! is durable and the generation has moved on, for the tunnel to close.
 
+pub mod backup;
+pub mod control;
+pub mod files;
+pub mod token;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +35,7 @@ use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::token::{Token, TokenDigest};
+use crate::store::token::{Token, TokenDigest};
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct User {
@@ -98,7 +103,7 @@ pub enum StoreError {
         source: sled::Error,
     },
     #[error(transparent)]
-    NotPrivate(#[from] crate::files::StoreDirError),
+    NotPrivate(#[from] crate::store::files::StoreDirError),
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
     #[error(
@@ -151,7 +156,7 @@ struct Handles {
 }
 
 /// sled's page cache (its default is 1 GiB). Token checks are served by
-/// `crate::tokencache`, and the expiry sweep reads every token: with the
+/// `crate::auth::cache`, and the expiry sweep reads every token: with the
 /// default, a store of a million tokens held 330 MB resident after one sweep
 /// and a thousand checks.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -172,7 +177,7 @@ pub struct Store {
     /// a snapshot sees all three trees at one instant.
     gate: Arc<RwLock<()>>,
     /// Moves on after every write (see `Writing`) and every reopen, so a
-    /// cache of token checks (`crate::tokencache`) knows when what it read
+    /// cache of token checks (`crate::auth::cache`) knows when what it read
     /// may have changed. The `last_used_at` bookkeeping does not move it.
     generation: Arc<AtomicU64>,
     /// Announces writes that end tokens, after they are durable and after
@@ -314,7 +319,7 @@ fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreEr
 fn open_handles(path: &Path) -> Result<Handles, StoreError> {
     // Password hashes live here: owner-only before sled looks inside, and
     // again once sled has created its files (with the umask's mode).
-    crate::files::make_store_private(path)?;
+    crate::store::files::make_store_private(path)?;
     let db = sled::Config::new()
         .path(path)
         .cache_capacity(CACHE_BYTES)
@@ -346,7 +351,7 @@ fn open_handles(path: &Path) -> Result<Handles, StoreError> {
         user_tokens: tree("user_tokens")?,
         db,
     };
-    crate::files::make_store_private(path)?;
+    crate::store::files::make_store_private(path)?;
     Ok(handles)
 }
 

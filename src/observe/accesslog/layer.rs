@@ -427,7 +427,7 @@ impl fmt::Write for Raw<'_> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::accesslog::{Entry, Outcome};
+    use crate::observe::accesslog::{Entry, Outcome};
     use http::{Method, StatusCode};
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
@@ -442,7 +442,7 @@ pub(super) mod tests {
     /// A `MakeWriter` that keeps everything written to it (the access
     /// log's own tests use it too).
     #[derive(Clone, Default)]
-    pub(in crate::accesslog) struct Sink(Arc<Mutex<Vec<u8>>>);
+    pub(in crate::observe::accesslog) struct Sink(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -462,7 +462,7 @@ pub(super) mod tests {
     }
 
     impl Sink {
-        pub(in crate::accesslog) fn lines(&self) -> Vec<String> {
+        pub(in crate::observe::accesslog) fn lines(&self) -> Vec<String> {
             let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
             text.lines().map(str::to_owned).collect()
         }

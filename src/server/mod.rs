@@ -5,6 +5,11 @@
 //! The entry point takes an already-bound listener and a shutdown future,
 //! so `main` owns sockets and signals and tests pass a port-0 listener.
 
+pub mod admin;
+pub mod idle;
+pub mod openfiles;
+pub mod timer;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +25,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::gateway::{Gateway, Peer};
-use crate::idle::{Activity, Counted};
-use crate::timer::CoarseTimer;
+use crate::server::idle::{Activity, Counted};
+use crate::server::timer::CoarseTimer;
 
 /// The protocol settings connections are served with, from the config they
 /// were accepted under (so a reload applies to new connections). Built once

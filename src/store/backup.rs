@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::Replacement;
+use crate::store::files::Replacement;
 use crate::store::{Store, StoreError};
 
 const FORMAT: &str = "tokengate-backup";
@@ -56,7 +56,7 @@ pub enum BackupError {
 }
 
 /// Writes a snapshot of `store` to `path` through a private temporary file
-/// (`crate::files::Replacement`), so `path` is never half-written and no
+/// (`crate::store::files::Replacement`), so `path` is never half-written and no
 /// other user can read or redirect the snapshot on its way. Both the CLI's
 /// own store and a running server's admin channel write through here.
 /// Returns the entry count.

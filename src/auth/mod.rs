@@ -2,14 +2,17 @@
 //! reason there is none. Parsing is pure; only a well-formed token with a
 //! valid checksum reaches the store.
 
+pub mod cache;
+pub mod password;
+pub mod throttle;
+
 use http::header::{self, HeaderMap};
 
 use std::sync::Arc;
 
-use crate::response::Rejection;
+use crate::auth::cache::{TokenCache, Verified};
 use crate::store::Store;
-use crate::token::{Token, TokenDigest};
-use crate::tokencache::{TokenCache, Verified};
+use crate::store::token::{Token, TokenDigest};
 
 /// What the `Authorization` header offers.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,24 +52,45 @@ pub fn credential(headers: &HeaderMap, schemes: &[String]) -> Credential {
     }
 }
 
+/// Why a request has no caller: each is answered differently (401 with
+/// or without a challenge, or 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// No credential in our scheme.
+    Missing,
+    /// A credential that is malformed, or a token the store does not know
+    /// as live.
+    Invalid,
+    /// The store could not be read.
+    StoreUnavailable,
+}
+
 /// The caller the request's token belongs to, through `cache`.
 pub fn authenticate(
     store: &Store,
     cache: &TokenCache,
     headers: &HeaderMap,
     schemes: &[String],
-) -> Result<Arc<Verified>, Rejection> {
-    let digest = match credential(headers, schemes) {
-        Credential::Missing => return Err(Rejection::NotProvided),
-        Credential::Malformed => return Err(Rejection::InvalidToken),
-        Credential::Token(digest) => digest,
-    };
-    match cache.check(store, &digest) {
+) -> Result<Arc<Verified>, Unauthenticated> {
+    match credential(headers, schemes) {
+        Credential::Missing => Err(Unauthenticated::Missing),
+        Credential::Malformed => Err(Unauthenticated::Invalid),
+        Credential::Token(digest) => verify(store, cache, &digest),
+    }
+}
+
+/// The caller a token's digest belongs to, through `cache`.
+pub fn verify(
+    store: &Store,
+    cache: &TokenCache,
+    digest: &TokenDigest,
+) -> Result<Arc<Verified>, Unauthenticated> {
+    match cache.check(store, digest) {
         Ok(Some(identity)) => Ok(identity),
-        Ok(None) => Err(Rejection::InvalidToken),
+        Ok(None) => Err(Unauthenticated::Invalid),
         Err(e) => {
             tracing::error!(error = %e, "token lookup failed");
-            Err(Rejection::StoreUnavailable)
+            Err(Unauthenticated::StoreUnavailable)
         }
     }
 }
