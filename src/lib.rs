@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -91,36 +92,38 @@ pub async fn run_with(
     reloads: Option<Reloads>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // The tasks beside the gateway's listener end with this function,
+    // however it returns: a JoinSet aborts what it holds when dropped.
+    let mut beside = tokio::task::JoinSet::new();
     let control = store::control::bind(&config.store.path)?;
-    let control = tokio::spawn(store::control::serve(control, store.clone()));
-    let purge = tokio::spawn(purge_expired(store.clone()));
+    beside.spawn(store::control::serve(control.listener, store.clone()));
+    beside.spawn(purge_expired(store.clone()));
     let metrics = Arc::new(observe::metrics::Metrics::new());
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let admin = listeners.admin.map(|listener| {
+    if let Some(listener) = listeners.admin {
         let admin = Arc::new(server::admin::Admin {
             store: store.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),
         });
-        tokio::spawn(server::admin::serve(listener, admin))
-    });
-    let gateway = Arc::new(gateway::Gateway::new(config.clone(), store, metrics).await?);
+        beside.spawn(server::admin::serve(listener, admin));
+    }
+    let gateway = Arc::new(gateway::Gateway::new(config.clone(), store.clone(), metrics).await?);
+    if let Some(reloads) = reloads {
+        beside.spawn(apply_reloads(reloads, gateway.clone()));
+    }
     let shutdown = async {
         shutdown.await;
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
     };
-    let reloader = reloads.map(|reloads| tokio::spawn(apply_reloads(reloads, gateway.clone())));
-    let served = server::serve(listeners.gateway, gateway, shutdown).await;
-    if let Some(reloader) = reloader {
-        reloader.abort();
+    server::serve(listeners.gateway, gateway, shutdown).await?;
+    drop(beside);
+    drop(control.socket);
+    if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "flushing the store at shutdown failed");
+        return Err(RunError::Io(std::io::Error::other(e)));
     }
-    control.abort();
-    purge.abort();
-    if let Some(admin) = admin {
-        admin.abort();
-    }
-    let _ = std::fs::remove_file(store::control::socket_path(&config.store.path));
-    served?;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -20,9 +20,8 @@ mod malloc {
     /// check allocates argon2's whole memory cost (19 MiB by default) at
     /// once; left dynamic, the threshold rises to the size of the first such
     /// block freed, and each later one came from an arena that was never
-    /// trimmed: resident memory grew by the memory cost on every login (10
-    /// failed logins: 8 → 203 MB, 50: 380 MB), so a login flood could
-    /// exhaust memory. Held fixed, 50 logins leave it at 10 MB.
+    /// trimmed: resident memory grew by the memory cost on every login, so
+    /// a login flood could exhaust memory (docs/benchmarks.md).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     const MMAP_THRESHOLD: libc::c_int = 1 << 17;
 

@@ -19,12 +19,35 @@ use crate::request::pattern::PathPattern;
 use raw::RawConfig;
 use units::{parse_duration, parse_size};
 
-/// Environment variables that override single keys, for container use.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("TOKENGATE_LISTEN", "server.listen"),
-    ("TOKENGATE_UPSTREAM_URL", "upstream.url"),
-    ("TOKENGATE_STORE_PATH", "store.path"),
-    ("TOKENGATE_ADMIN_LISTEN", "admin.listen"),
+/// An environment variable that overrides one key, for container use: its
+/// name, the key, and where the key's value sits in the raw config.
+pub struct EnvOverride {
+    pub var: &'static str,
+    pub key: &'static str,
+    value: fn(&mut RawConfig) -> &mut Spanned<String>,
+}
+
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        var: "TOKENGATE_LISTEN",
+        key: "server.listen",
+        value: |raw| &mut raw.server.listen,
+    },
+    EnvOverride {
+        var: "TOKENGATE_UPSTREAM_URL",
+        key: "upstream.url",
+        value: |raw| &mut raw.upstream.url,
+    },
+    EnvOverride {
+        var: "TOKENGATE_STORE_PATH",
+        key: "store.path",
+        value: |raw| &mut raw.store.path,
+    },
+    EnvOverride {
+        var: "TOKENGATE_ADMIN_LISTEN",
+        key: "admin.listen",
+        value: |raw| &mut raw.admin.get_or_insert_with(Default::default).listen,
+    },
 ];
 
 #[derive(Debug, Clone)]
@@ -360,19 +383,11 @@ fn parse_raw(
             message: e.message().trim().to_owned(),
         }],
     })?;
-    // Spans of 0..0 mark values that did not come from the file.
-    let from_env = |value: String| Spanned::new(0..0, value);
-    if let Some(v) = env("TOKENGATE_LISTEN") {
-        raw.server.listen = from_env(v);
-    }
-    if let Some(v) = env("TOKENGATE_UPSTREAM_URL") {
-        raw.upstream.url = from_env(v);
-    }
-    if let Some(v) = env("TOKENGATE_STORE_PATH") {
-        raw.store.path = from_env(v);
-    }
-    if let Some(v) = env("TOKENGATE_ADMIN_LISTEN") {
-        raw.admin.get_or_insert_with(Default::default).listen = from_env(v);
+    for over in ENV_OVERRIDES {
+        if let Some(value) = env(over.var) {
+            // Spans of 0..0 mark values that did not come from the file.
+            *(over.value)(&mut raw) = Spanned::new(0..0, value);
+        }
     }
     Ok(raw)
 }
@@ -418,8 +433,8 @@ impl Validator<'_> {
 
     fn problem<T>(&mut self, key: &str, at: &Spanned<T>, message: String) {
         let line = self.line(at);
-        let key = match (line, ENV_OVERRIDES.iter().find(|(_, k)| *k == key)) {
-            (None, Some((var, _))) => format!("{key} (or ${var})"),
+        let key = match (line, ENV_OVERRIDES.iter().find(|over| over.key == key)) {
+            (None, Some(over)) => format!("{key} (or ${})", over.var),
             _ => key.to_owned(),
         };
         self.problems.push(Problem { line, key, message });

@@ -1,5 +1,5 @@
 //! The config file as written: serde structs mirroring the TOML, defaults
-//! filled in, values still as text. `super::validate` turns this into types.
+//! filled in, values still as text. `super::Validator` turns this into types.
 //! Values that need validating are `Spanned` so errors can name their line.
 
 use serde::{Deserialize, Serialize};

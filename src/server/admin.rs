@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::accept;
 use crate::observe::metrics::Metrics;
 use crate::store::Store;
 
@@ -27,10 +28,10 @@ pub struct Admin {
 /// Serves until the task is aborted.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
+        let (stream, _) = accept::next(&listener, |e| {
+            tracing::warn!(error = %e, "admin listener: accept failed");
+        })
+        .await;
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {

@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::accept;
 use crate::config::ServerConfig;
 use crate::gateway::{Gateway, Peer};
 use crate::server::idle::{Activity, Counted};
@@ -123,10 +124,6 @@ fn negotiated<I>(tls: &tokio_rustls::server::TlsStream<I>) -> Protocol {
     }
 }
 
-/// How long the listener waits after an accept failed for want of a
-/// resource, before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// The most connections shed in one go when descriptors run out.
 const MAX_SHED: usize = 1024;
 
@@ -170,13 +167,6 @@ impl Spare {
     }
 }
 
-/// Errors of one connection that failed in the backlog (Linux reports
-/// them from accept): the next one may be fine.
-fn is_per_connection(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
-    matches!(e.kind(), ConnectionAborted | ConnectionReset)
-}
-
 /// The process or the system is out of descriptors or socket memory.
 fn out_of_descriptors(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
@@ -187,7 +177,7 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
 }
 
 /// Serves until `shutdown` resolves, then waits up to `shutdown_timeout` for
-/// requests in flight and flushes the store.
+/// requests in flight.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -210,30 +200,19 @@ pub async fn serve(
     let mut shortage: Option<usize> = None;
 
     loop {
+        let failed = |e: &std::io::Error| {
+            if out_of_descriptors(e) {
+                let shed = spare.shed(&listener);
+                if shortage.is_none() {
+                    tracing::warn!(error = %e, shed, "out of file descriptors: closing connections at accept until some are free");
+                }
+                shortage = Some(shortage.unwrap_or(0) + shed);
+            } else {
+                tracing::warn!(error = %e, "accept failed");
+            }
+        };
         let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) if is_per_connection(&e) => {
-                    tracing::debug!(error = %e, "a connection failed before it was accepted");
-                    continue;
-                }
-                Err(e) => {
-                    if out_of_descriptors(&e) {
-                        let shed = spare.shed(&listener);
-                        if shortage.is_none() {
-                            tracing::warn!(error = %e, shed, "out of file descriptors: closing connections at accept until some are free");
-                        }
-                        shortage = Some(shortage.unwrap_or(0) + shed);
-                    } else {
-                        tracing::warn!(error = %e, "accept failed");
-                    }
-                    // Back off instead of spinning, but not past a shutdown.
-                    tokio::select! {
-                        () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                        () = &mut shutdown => break,
-                    }
-                }
-            },
+            accepted = accept::next(&listener, failed) => accepted,
             () = &mut shutdown => break,
         };
         if let Some(shed) = shortage.take() {
@@ -297,11 +276,6 @@ pub async fn serve(
             "requests still in flight at the shutdown deadline; closing them"
         );
     }
-    if let Err(e) = gateway.store().flush() {
-        tracing::error!(error = %e, "flushing the store at shutdown failed");
-        return Err(std::io::Error::other(e));
-    }
-    tracing::info!("stopped");
     Ok(())
 }
 
@@ -538,10 +512,10 @@ mod tests {
         for errno in [24, 23, 105, 12] {
             let e = Error::from_raw_os_error(errno);
             assert!(out_of_descriptors(&e), "{e}");
-            assert!(!is_per_connection(&e), "{e}");
+            assert!(!accept::is_per_connection(&e), "{e}");
         }
         let aborted = Error::from(ErrorKind::ConnectionAborted);
-        assert!(is_per_connection(&aborted) && !out_of_descriptors(&aborted));
+        assert!(accept::is_per_connection(&aborted) && !out_of_descriptors(&aborted));
     }
 
     #[tokio::test]

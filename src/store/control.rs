@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::accept;
 use crate::store::backup::{self, BackupError};
 use crate::store::{Store, StoreError, TokenInfo, User};
 
@@ -253,9 +254,26 @@ pub enum ControlError {
     Protocol(#[from] serde_json::Error),
 }
 
+/// A bound admin socket: the listener to serve, and its file, removed when
+/// `socket` is dropped.
+pub struct Bound {
+    pub listener: UnixListener,
+    pub socket: SocketFile,
+}
+
+/// The socket's path, removed on drop so a stopped server leaves no socket
+/// for the CLI to try.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Binds the admin socket, replacing a stale one left by a killed server.
 /// Only the owner may connect (mode 0600 on the socket, 0700 on the directory).
-pub fn bind(store_path: &Path) -> Result<UnixListener, ControlError> {
+pub fn bind(store_path: &Path) -> Result<Bound, ControlError> {
     let path = socket_path(store_path);
     let bind_err = |source| ControlError::Bind {
         path: path.clone(),
@@ -274,17 +292,20 @@ pub fn bind(store_path: &Path) -> Result<UnixListener, ControlError> {
     let listener = UnixListener::bind(&fresh).map_err(bind_err)?;
     std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
     std::fs::rename(&fresh, &path).map_err(bind_err)?;
-    Ok(listener)
+    Ok(Bound {
+        listener,
+        socket: SocketFile(path),
+    })
 }
 
 /// Serves the admin channel until the listener is dropped with the task.
 pub async fn serve(listener: UnixListener, store: Store) {
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let (stream, _) = accept::next(&listener, |e| {
+            tracing::warn!(error = %e, "admin channel: accept failed");
+        })
+        .await;
         let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
         if own_uid.is_none() || peer_uid != own_uid {
             tracing::warn!(

@@ -157,8 +157,8 @@ struct Handles {
 
 /// sled's page cache (its default is 1 GiB). Token checks are served by
 /// `crate::auth::cache`, and the expiry sweep reads every token: with the
-/// default, a store of a million tokens held 330 MB resident after one sweep
-/// and a thousand checks.
+/// default, a large store stayed resident after one sweep
+/// (docs/benchmarks.md).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Clone)]

@@ -284,9 +284,8 @@ impl Upstream {
 /// downloads: every read then mapped a fresh buffer and unmapped it after
 /// (2 mmap + 2 munmap and their page faults per MiB proxied), and a slow
 /// client could hold two such buffers per download. Just under the
-/// threshold, reads stay as large as they can without a mapping each:
-/// 1 MiB downloads, CPU per response (3 interleaved runs): 1074 µs before,
-/// 897 with 64 KiB, 868 with this; nginx 870.
+/// threshold, reads stay as large as they can without a mapping each
+/// (docs/benchmarks.md has the measurement).
 const UPSTREAM_READ_BUFFER: usize = 120 * 1024;
 
 /// Web PKI roots, plus `ca_file` for upstreams with a private CA.

@@ -3,10 +3,9 @@
 //! byte for byte as that layer would print it, at a fraction of the cost.
 //!
 //! As an event, an access line went through the subscriber stack and had
-//! each of its ten fields visited and formatted one by one: with `fmt`,
-//! about 10,000 instructions, a sixth of a whole proxied request; with a
-//! layer of our own formatting the visited fields, still 2,900, a fifth of
-//! a 401. Here [`Entry::write`](super::Entry) asks whether the current
+//! each of its ten fields visited and formatted one by one, a large share
+//! of a proxied request's work and more of a 401's (docs/benchmarks.md
+//! has the counts). Here [`Entry::write`](super::Entry) asks whether the current
 //! subscriber is [`Logs`]; if so, the line is formatted from typed values
 //! into a reused buffer, the date and time up to the second formatted once
 //! a second, and leaves in one `write_all`. An access line inside a span
@@ -186,12 +185,6 @@ thread_local! {
     };
 }
 
-#[cfg(test)]
-thread_local! {
-    /// Access lines formatted here rather than by `fmt`, for the tests.
-    static FAST_LINES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 impl Access {
     /// Formats and writes `line` as the `fmt` layer would print the event;
     /// `false`, having written nothing, if this thread is already writing one.
@@ -221,8 +214,6 @@ impl Access {
                     scratch.line.extend_from_slice(b"}\n");
                 }
             }
-            #[cfg(test)]
-            FAST_LINES.set(FAST_LINES.get() + 1);
             (self.out)(&scratch.line);
             true
         })
@@ -429,6 +420,7 @@ pub(super) mod tests {
     use super::*;
     use crate::observe::accesslog::{Entry, Outcome};
     use http::{Method, StatusCode};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
@@ -531,10 +523,21 @@ pub(super) mod tests {
             LogFormat::Text => Box::new(fmt),
         };
         tracing::subscriber::with_default(tracing_subscriber::registry().with(fmt), log_some_lines);
-        let before = FAST_LINES.get();
-        let logs = subscriber(EnvFilter::new("trace"), format, ours.clone());
+        let mut logs = subscriber(EnvFilter::new("trace"), format, ours.clone());
+        // Lines written by the access layer itself, not by `fmt`.
+        let fast = Arc::new(AtomicUsize::new(0));
+        let write = std::mem::replace(&mut logs.access.out, Box::new(|_| {}));
+        let counted = fast.clone();
+        logs.access.out = Box::new(move |line| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            write(line)
+        });
         tracing::subscriber::with_default(logs, log_some_lines);
-        (reference.lines(), ours.lines(), FAST_LINES.get() - before)
+        (
+            reference.lines(),
+            ours.lines(),
+            fast.load(Ordering::Relaxed),
+        )
     }
 
     /// The line with its timestamp replaced by `<ts>`, and the timestamp.
