@@ -1,11 +1,15 @@
 //! The request pipeline, in the order every request goes through it:
-//! target check → login/logout → authenticate → authorize → forward → log.
-//! Each phase returns a typed outcome; `Rejection::into_response` is the
-//! only place a failure becomes an HTTP answer.
+//! target check ([`target`]) → login/logout ([`login`]) → authenticate
+//! ([`crate::auth`]) → authorize ([`policy`]) → forward ([`forward`],
+//! [`tunnel`]) → log. Each phase returns a typed outcome;
+//! `Rejection::into_response` ([`response`]) is the only place a failure
+//! becomes an HTTP answer.
 
+pub mod forward;
 pub mod login;
 pub mod policy;
 pub mod response;
+pub mod target;
 pub mod tunnel;
 
 use std::convert::Infallible;
@@ -16,26 +20,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::auth::cache::{TokenCache, Verified};
 use crate::auth::password::Hasher;
 use crate::auth::throttle::Throttle;
 use crate::auth::{self, Credential, Unauthenticated};
-use crate::config::{Config, IpNet};
+use crate::config::Config;
 use crate::gateway::login::Login;
 use crate::observe::accesslog::{self, Logged, Outcome, Pending};
 use crate::observe::metrics::{AuthOutcome, LoginOutcome, Metrics};
-use crate::request::canonical::canonicalize;
-use crate::request::headers::{self, Forwarded};
+use crate::request::headers;
 use crate::store::Store;
 use crate::upstream::pool::Returning;
 use crate::upstream::{Failure, Upstream};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use http_body_util::Either;
 use response::{Body, LoginRejection, Rejection};
 use tokio_rustls::TlsAcceptor;
 
@@ -237,17 +239,7 @@ impl Gateway {
         self.metrics.upstream_latency.observe(elapsed);
         pending.outcome().upstream_us = Some(accesslog::micros(elapsed));
         let response = match response {
-            Ok(response) => {
-                let mut response = response.map(Either::Right);
-                if let Some((protocol, client, verified)) = upgrade
-                    && response.status() == StatusCode::SWITCHING_PROTOCOLS
-                {
-                    let lease = verified.map(|v| tunnel::Lease::new(self.store.clone(), v));
-                    tunnel::splice(client, &mut response, lease);
-                    tunnel::restore_headers(response.headers_mut(), protocol);
-                }
-                response
-            }
+            Ok(response) => forward::response(response, upgrade, &self.store),
             Err(failure) => Rejection::from(failure).into_response(),
         };
         unanswered.answered();
@@ -270,10 +262,10 @@ impl Gateway {
     ) -> Result<Admitted, Rejection> {
         let path: &str = outcome
             .path
-            .insert(check_target(req, s.config.server.max_path_length)?);
+            .insert(target::check(req, s.config.server.max_path_length)?);
         let auth = &s.config.auth;
         if path == auth.login_path {
-            let client = client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
+            let client = forward::client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
             return Ok(Admitted::Local(Local::Login(client)));
         }
         if path == auth.logout_path {
@@ -301,7 +293,7 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        let upgrade = prepare(s, req, path, identity.as_deref(), peer)?
+        let upgrade = forward::request(s, req, path, identity.as_deref(), peer)?
             .map(|(protocol, client)| (protocol, client, identity));
         Ok(Admitted::Forward(upgrade))
     }
@@ -453,269 +445,3 @@ type Upgrade = (
     hyper::upgrade::OnUpgrade,
     Option<Arc<Verified>>,
 );
-
-/// Rewrites the request for the upstream: canonical path, no client
-/// claims or hop-by-hop headers, then the gateway's own headers (and the
-/// upgrade headers back, for a protocol switch the gateway tunnels).
-fn prepare(
-    s: &Settings,
-    req: &mut Request<Incoming>,
-    path: &str,
-    identity: Option<&Verified>,
-    peer: &Peer,
-) -> Result<Option<(HeaderValue, hyper::upgrade::OnUpgrade)>, Rejection> {
-    let auth = &s.config.auth;
-    let upgrade = tunnel::requested(req).map(|protocol| (protocol, hyper::upgrade::on(&mut *req)));
-    // HTTP/2 carries the host in :authority, which hyper puts in the URI.
-    let host = match req.headers().get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    *req.uri_mut() = s.upstream.uri_for(req.uri(), path)?;
-    let headers = req.headers_mut();
-    let trusted_peer = s
-        .config
-        .server
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(peer.addr.ip()));
-    let trusted_chain = if trusted_peer {
-        joined(headers, "x-forwarded-for")
-    } else {
-        None
-    };
-    headers::remove_hop_by_hop(headers);
-    headers::remove_client_claims(
-        headers,
-        &auth.identity_header,
-        &auth.roles_header,
-        trusted_peer,
-    );
-    headers::remove_listed(headers, &s.config.upstream.strip_headers);
-    // After hop-by-hop removal, so `Connection: Host` cannot drop it.
-    if let Some(host) = &host {
-        headers.insert(header::HOST, host.clone());
-    }
-    headers::set_forwarded(
-        headers,
-        &Forwarded {
-            client: &peer.ip,
-            trusted_chain: trusted_chain.as_deref(),
-            proto: peer.proto,
-            host: host.as_ref(),
-        },
-    );
-    if let Some(identity) = identity {
-        let (Some(user), Some(roles)) = (&identity.user_value, &identity.roles_value) else {
-            return Err(Rejection::InvalidToken);
-        };
-        headers.insert(auth.identity_header.clone(), user.clone());
-        headers.insert(auth.roles_header.clone(), roles.clone());
-    }
-    if let Some((protocol, _)) = &upgrade {
-        tunnel::restore_headers(headers, protocol.clone());
-    }
-    Ok(upgrade)
-}
-
-/// The client's address: the peer, unless the peer is a trusted proxy, in
-/// which case the nearest untrusted hop of `X-Forwarded-For`.
-pub fn client_ip(peer: &Peer, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(peer.addr.ip()) {
-        return peer.addr.ip();
-    }
-    let values: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    // Walk back from the nearest hop; the first untrusted one is the client.
-    for hop in values.iter().rev() {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if is_trusted(ip) => continue,
-            Ok(ip) => return ip,
-            // A garbled hop was written by whoever the proxies received from.
-            Err(_) => break,
-        }
-    }
-    peer.addr.ip()
-}
-
-/// All values of a header joined with ", ", as one chain.
-fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(", "))
-}
-
-/// Checks the method, `Host` and request target, and returns the canonical
-/// path. A path over `max_path` is refused first: everything after this
-/// (canonicalizing, pattern matching) then works on bounded input.
-fn check_target<B>(req: &Request<B>, max_path: usize) -> Result<String, Rejection> {
-    if req.uri().path().len() > max_path {
-        return Err(Rejection::PathTooLong);
-    }
-    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
-        return Err(Rejection::MethodNotAllowed {
-            allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
-        });
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(Rejection::BadRequest("More than one Host header."));
-    }
-    // The upstream may route on the host, or build URLs from it: what it
-    // gets must split into host and port the one way the gateway reads it.
-    if host.is_some_and(|host| !headers::is_authority(host.as_bytes())) {
-        return Err(Rejection::BadRequest(
-            "The Host header is not a valid host.",
-        ));
-    }
-    if req
-        .uri()
-        .authority()
-        .is_some_and(|a| !headers::is_authority(a.as_str().as_bytes()))
-    {
-        return Err(Rejection::BadRequest(
-            "The request target's authority is not a valid host.",
-        ));
-    }
-    // In HTTP/1 an authority in the target is absolute-form; in HTTP/2 it is
-    // :authority. Either way a Host header must not name something else
-    // (RFC 9112 §3.2.2, RFC 9113 §8.3.1), and an HTTP/1 target naming a
-    // host needs a Host header to compare with.
-    match (req.uri().authority(), host) {
-        (Some(authority), Some(host))
-            if !authority
-                .as_str()
-                .eq_ignore_ascii_case(host.to_str().unwrap_or("")) =>
-        {
-            return Err(Rejection::BadRequest(
-                "The request target names another host.",
-            ));
-        }
-        (Some(_), None) if req.version() < Version::HTTP_2 => {
-            return Err(Rejection::BadRequest("Missing Host header."));
-        }
-        (None, None) if req.version() == Version::HTTP_11 => {
-            return Err(Rejection::BadRequest("Missing Host header."));
-        }
-        (None, None) if req.version() >= Version::HTTP_2 => {
-            return Err(Rejection::BadRequest("Missing :authority."));
-        }
-        _ => {}
-    }
-    canonicalize(req.uri().path()).map_err(|e| {
-        tracing::debug!(reason = %e, "refused request path");
-        Rejection::BadRequest("The request path is not allowed.")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(ip: &str) -> Peer {
-        Peer::new(SocketAddr::new(ip.parse().unwrap(), 1234), "http")
-    }
-
-    fn xff(values: &[&str]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for v in values {
-            h.append("x-forwarded-for", v.parse().unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn client_ip_believes_forwarded_for_only_from_trusted_peers() {
-        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
-        let h = xff(&["203.0.113.9, 10.0.0.2"]);
-        assert_eq!(
-            client_ip(&peer("10.0.0.1"), &h, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            client_ip(&peer("198.51.100.1"), &h, &trusted),
-            "198.51.100.1".parse::<IpAddr>().unwrap()
-        );
-        let spoofed = xff(&["1.1.1.1", "203.0.113.9"]);
-        assert_eq!(
-            client_ip(&peer("10.0.0.1"), &spoofed, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
-        let garbled = xff(&["nonsense"]);
-        assert_eq!(
-            client_ip(&peer("10.0.0.1"), &garbled, &trusted),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            client_ip(&peer("10.0.0.1"), &xff(&[]), &trusted),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
-    }
-
-    #[test]
-    fn targets_that_could_be_read_two_ways_are_refused() {
-        let req = |method: &str, uri: &str, hosts: &[&str]| {
-            let mut b = Request::builder().method(method).uri(uri);
-            for h in hosts {
-                b = b.header("host", *h);
-            }
-            b.body(()).unwrap()
-        };
-        assert_eq!(
-            check_target(&req("GET", "/a/%62", &["gw"]), 8192).unwrap(),
-            "/a/b"
-        );
-        assert!(
-            check_target(&req("GET", "/a", &[]), 8192).is_err(),
-            "missing Host"
-        );
-        assert!(
-            check_target(&req("GET", "/a", &["gw", "gw"]), 8192).is_err(),
-            "duplicate Host"
-        );
-        assert!(check_target(&req("GET", "http://other/a", &["gw"]), 8192).is_err());
-        assert_eq!(
-            check_target(&req("GET", "http://gw/a", &["gw"]), 8192).unwrap(),
-            "/a"
-        );
-        assert!(check_target(&req("CONNECT", "gw:443", &["gw"]), 8192).is_err());
-        assert!(check_target(&req("TRACE", "/", &["gw"]), 8192).is_err());
-        assert!(check_target(&req("OPTIONS", "*", &["gw"]), 8192).is_err());
-        let http10 = |uri: &str, hosts: &[&str]| {
-            let mut r = req("GET", uri, hosts);
-            *r.version_mut() = Version::HTTP_10;
-            r
-        };
-        assert_eq!(check_target(&http10("/a", &[]), 8192).unwrap(), "/a");
-        assert!(
-            check_target(&http10("http://evil/a", &[]), 8192).is_err(),
-            "absolute-form without Host"
-        );
-        let h2 = |uri: &str, hosts: &[&str]| {
-            let mut r = req("GET", uri, hosts);
-            *r.version_mut() = Version::HTTP_2;
-            r
-        };
-        assert_eq!(check_target(&h2("https://gw/a", &[]), 8192).unwrap(), "/a");
-        assert_eq!(
-            check_target(&h2("https://gw/a", &["gw"]), 8192).unwrap(),
-            "/a"
-        );
-        assert!(
-            check_target(&h2("https://gw/a", &["evil"]), 8192).is_err(),
-            "Host contradicting :authority"
-        );
-    }
-}

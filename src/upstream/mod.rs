@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -24,7 +24,6 @@ use tokio::time::error::Elapsed;
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
-use crate::request::headers;
 use connection::{Conn, Io, Slot};
 use outbound::{ClientBodyError, Outbound};
 use pool::{Busy, Lease, Pool, Returning};
@@ -200,24 +199,25 @@ impl Upstream {
             }
             Ok(Ok(exchanged)) => exchanged,
         };
-        let (mut parts, body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let mut body = self.pool.returning(body, conn, uploading);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             body.upgrade();
         }
-        headers::remove_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
     }
 
     /// The request as it goes out: HTTP/1.1 (the pool speaks nothing
-    /// else, whatever the client spoke to us), a `Host` for HTTP/1.0
-    /// clients that sent none, trailers dropped.
+    /// else, whatever the client spoke to us), trailers dropped.
     fn outbound(&self, mut req: Request<Incoming>) -> Request<Outbound> {
         *req.version_mut() = Version::HTTP_11;
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, self.host.clone());
-        }
         req.map(Outbound::new)
+    }
+
+    /// The upstream's authority, as the `Host` for requests that came
+    /// without one (HTTP/1.0).
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
     /// One exchange up to the response head, on a pooled connection when
