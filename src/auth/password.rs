@@ -69,11 +69,11 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The hashing threads. They end when the last `Hasher` clone (and so the
 /// sender) is dropped, e.g. after a reload.
-struct Pool {
+struct Threads {
     jobs: mpsc::Sender<Job>,
 }
 
-impl Pool {
+impl Threads {
     fn new(threads: usize) -> Result<Self, PasswordError> {
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
@@ -130,7 +130,7 @@ pub struct Hasher {
     params: argon2::Params,
     /// Bounds concurrent hashes to the number of cores.
     permits: Arc<Semaphore>,
-    pool: Arc<Pool>,
+    pool: Arc<Threads>,
     /// A hash of a random password with the configured parameters: an unknown
     /// username is verified against it so it costs the same as a wrong password.
     dummy: Arc<str>,
@@ -146,7 +146,7 @@ impl Hasher {
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(cores)),
-            pool: Arc::new(Pool::new(cores)?),
+            pool: Arc::new(Threads::new(cores)?),
             dummy: dummy.into(),
         })
     }
@@ -158,7 +158,7 @@ impl Hasher {
         let params = params.to_argon2().map_err(PasswordError::Hash)?;
         let cores = cores();
         let permits = Arc::new(Semaphore::new(cores));
-        let pool = Arc::new(Pool::new(cores)?);
+        let pool = Arc::new(Threads::new(cores)?);
         let permit = permits.clone().acquire_owned().await.ok();
         let dummy_params = params.clone();
         let dummy = pool

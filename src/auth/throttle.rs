@@ -31,7 +31,7 @@ enum Key {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Counts {
     /// Failures since `window_start`.
     failures: u32,
     /// Reserved attempts not yet resolved; they count against
@@ -44,9 +44,9 @@ struct Entry {
     last_seen: Instant,
 }
 
-impl Entry {
+impl Counts {
     fn new(now: Instant) -> Self {
-        Entry {
+        Counts {
             failures: 0,
             in_flight: 0,
             window_start: now,
@@ -79,7 +79,7 @@ pub struct Throttle {
 struct State {
     /// Swapped by reloads; the counts survive them.
     config: ThrottleConfig,
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Key, Counts>,
     budget: Budget,
 }
 
@@ -212,7 +212,7 @@ impl Throttle {
             let e = state
                 .entries
                 .entry(key.clone())
-                .or_insert_with(|| Entry::new(now));
+                .or_insert_with(|| Counts::new(now));
             e.in_flight = e.in_flight.saturating_add(1);
             e.last_seen = now;
         }
@@ -255,7 +255,7 @@ impl Attempt<'_> {
         for key in keys {
             // An entry evicted under memory pressure while in flight comes
             // back as new rather than losing the failure.
-            let e = state.entries.entry(key).or_insert_with(|| Entry::new(now));
+            let e = state.entries.entry(key).or_insert_with(|| Counts::new(now));
             e.in_flight = e.in_flight.saturating_sub(1);
             e.last_seen = now;
             e.failures = e.failures.saturating_add(1);
@@ -304,7 +304,7 @@ impl Drop for Attempt<'_> {
     }
 }
 
-fn release(entries: &mut HashMap<Key, Entry>, keys: &[Key; 2]) {
+fn release(entries: &mut HashMap<Key, Counts>, keys: &[Key; 2]) {
     for key in keys {
         if let Some(e) = entries.get_mut(key) {
             e.in_flight = e.in_flight.saturating_sub(1);
@@ -313,7 +313,7 @@ fn release(entries: &mut HashMap<Key, Entry>, keys: &[Key; 2]) {
 }
 
 /// Drops entries that no longer matter; if none, the least recently seen.
-fn make_room(entries: &mut HashMap<Key, Entry>, now: Instant, c: &ThrottleConfig) {
+fn make_room(entries: &mut HashMap<Key, Counts>, now: Instant, c: &ThrottleConfig) {
     // An entry is stale once its window has passed, it is not banned, has
     // nothing in flight, and a max_ban has passed since it was last seen (so
     // its strikes can lapse).

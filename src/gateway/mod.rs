@@ -260,9 +260,10 @@ impl Gateway {
         peer: &Peer,
         outcome: &mut Outcome,
     ) -> Result<Admitted, Rejection> {
-        let path: &str = outcome
-            .path
-            .insert(target::check(req, s.config.server.max_path_length)?);
+        let path: &str = outcome.path.insert(target::canonical_path(
+            req,
+            s.config.server.max_path_length,
+        )?);
         let auth = &s.config.auth;
         if path == auth.login_path {
             let client = forward::client_ip(peer, req.headers(), &s.config.server.trusted_proxies);

@@ -10,7 +10,7 @@ use crate::request::headers;
 /// Checks the method, `Host` and request target, and returns the canonical
 /// path. A path over `max_path` is refused first: everything after this
 /// (canonicalizing, pattern matching) then works on bounded input.
-pub fn check<B>(req: &Request<B>, max_path: usize) -> Result<String, Rejection> {
+pub fn canonical_path<B>(req: &Request<B>, max_path: usize) -> Result<String, Rejection> {
     if req.uri().path().len() > max_path {
         return Err(Rejection::PathTooLong);
     }
@@ -84,28 +84,34 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        assert_eq!(check(&req("GET", "/a/%62", &["gw"]), 8192).unwrap(), "/a/b");
-        assert!(check(&req("GET", "/a", &[]), 8192).is_err(), "missing Host");
+        assert_eq!(
+            canonical_path(&req("GET", "/a/%62", &["gw"]), 8192).unwrap(),
+            "/a/b"
+        );
         assert!(
-            check(&req("GET", "/a", &["gw", "gw"]), 8192).is_err(),
+            canonical_path(&req("GET", "/a", &[]), 8192).is_err(),
+            "missing Host"
+        );
+        assert!(
+            canonical_path(&req("GET", "/a", &["gw", "gw"]), 8192).is_err(),
             "duplicate Host"
         );
-        assert!(check(&req("GET", "http://other/a", &["gw"]), 8192).is_err());
+        assert!(canonical_path(&req("GET", "http://other/a", &["gw"]), 8192).is_err());
         assert_eq!(
-            check(&req("GET", "http://gw/a", &["gw"]), 8192).unwrap(),
+            canonical_path(&req("GET", "http://gw/a", &["gw"]), 8192).unwrap(),
             "/a"
         );
-        assert!(check(&req("CONNECT", "gw:443", &["gw"]), 8192).is_err());
-        assert!(check(&req("TRACE", "/", &["gw"]), 8192).is_err());
-        assert!(check(&req("OPTIONS", "*", &["gw"]), 8192).is_err());
+        assert!(canonical_path(&req("CONNECT", "gw:443", &["gw"]), 8192).is_err());
+        assert!(canonical_path(&req("TRACE", "/", &["gw"]), 8192).is_err());
+        assert!(canonical_path(&req("OPTIONS", "*", &["gw"]), 8192).is_err());
         let http10 = |uri: &str, hosts: &[&str]| {
             let mut r = req("GET", uri, hosts);
             *r.version_mut() = Version::HTTP_10;
             r
         };
-        assert_eq!(check(&http10("/a", &[]), 8192).unwrap(), "/a");
+        assert_eq!(canonical_path(&http10("/a", &[]), 8192).unwrap(), "/a");
         assert!(
-            check(&http10("http://evil/a", &[]), 8192).is_err(),
+            canonical_path(&http10("http://evil/a", &[]), 8192).is_err(),
             "absolute-form without Host"
         );
         let h2 = |uri: &str, hosts: &[&str]| {
@@ -113,10 +119,16 @@ mod tests {
             *r.version_mut() = Version::HTTP_2;
             r
         };
-        assert_eq!(check(&h2("https://gw/a", &[]), 8192).unwrap(), "/a");
-        assert_eq!(check(&h2("https://gw/a", &["gw"]), 8192).unwrap(), "/a");
+        assert_eq!(
+            canonical_path(&h2("https://gw/a", &[]), 8192).unwrap(),
+            "/a"
+        );
+        assert_eq!(
+            canonical_path(&h2("https://gw/a", &["gw"]), 8192).unwrap(),
+            "/a"
+        );
         assert!(
-            check(&h2("https://gw/a", &["evil"]), 8192).is_err(),
+            canonical_path(&h2("https://gw/a", &["evil"]), 8192).is_err(),
             "Host contradicting :authority"
         );
     }

@@ -45,7 +45,7 @@ pub struct Outcome {
 
 /// Everything the access line says, gathered from the request's arrival on.
 #[derive(Debug)]
-struct Entry {
+struct Facts {
     method: Method,
     /// The peer's address, formatted once per connection.
     client: Arc<str>,
@@ -53,11 +53,11 @@ struct Entry {
     outcome: Outcome,
 }
 
-impl Entry {
+impl Facts {
     /// Writes the line. `head` is the status and the time to the response
     /// head, `None` when the exchange ended before there was one.
     fn write(self, head: Option<(StatusCode, u64)>, bytes: u64, complete: bool) {
-        let Entry {
+        let Facts {
             method,
             client,
             start,
@@ -105,14 +105,14 @@ pub fn micros(d: Duration) -> u64 {
 #[derive(Debug)]
 pub struct Pending {
     /// `Some` until the line is written or handed to the body.
-    entry: Option<Entry>,
+    entry: Option<Facts>,
 }
 
 impl Pending {
     /// Starts the clock for a request from `client`.
     pub fn new(method: Method, client: Arc<str>) -> Self {
         Self {
-            entry: Some(Entry {
+            entry: Some(Facts {
                 method,
                 client,
                 start: Instant::now(),
@@ -171,7 +171,7 @@ impl Drop for Pending {
 pub struct Logged<B> {
     body: B,
     /// `Some` until the line is written; taking it makes that happen once.
-    entry: Option<Entry>,
+    entry: Option<Facts>,
     status: StatusCode,
     /// Time from the request's arrival to the response head.
     ttfb_us: u64,

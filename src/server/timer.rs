@@ -35,12 +35,12 @@ struct Wheel {
 
 #[derive(Default)]
 struct Slab {
-    entries: Vec<Option<Entry>>,
+    entries: Vec<Option<Deadline>>,
     free: Vec<usize>,
     armed: usize,
 }
 
-struct Entry {
+struct Deadline {
     deadline: Instant,
     waker: Option<Waker>,
     fired: bool,
@@ -112,7 +112,7 @@ impl Future for Sleep {
             return Poll::Pending;
         }
         let shard = shard_of_this_thread();
-        let key = lock(&this.wheel.shards[shard]).insert(Entry {
+        let key = lock(&this.wheel.shards[shard]).insert(Deadline {
             deadline: this.deadline,
             waker: Some(cx.waker().clone()),
             fired: false,
@@ -134,7 +134,7 @@ impl Drop for Sleep {
 }
 
 impl Slab {
-    fn insert(&mut self, entry: Entry) -> usize {
+    fn insert(&mut self, entry: Deadline) -> usize {
         self.armed += 1;
         match self.free.pop() {
             Some(key) => {

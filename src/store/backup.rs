@@ -24,7 +24,7 @@ struct Header {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Entry {
+struct Record {
     tree: String,
     key: String,
     value: String,
@@ -75,7 +75,7 @@ pub fn backup(store: &Store, path: &Path) -> Result<usize, BackupError> {
     line(&mut out, &header).map_err(write_err)?;
     let mut io_failure = None;
     let count = store.snapshot(|tree, key, value| {
-        let entry = Entry {
+        let entry = Record {
             tree: tree.into(),
             key: hex(key),
             // Values are JSON text; a non-UTF-8 one would be corruption.
@@ -137,7 +137,7 @@ pub fn restore(store: &Store, path: &Path) -> Result<usize, BackupError> {
         if footer.is_some() {
             return Err(invalid("data after the final line".into()));
         }
-        if let Ok(entry) = serde_json::from_str::<Entry>(&l) {
+        if let Ok(entry) = serde_json::from_str::<Record>(&l) {
             let key = unhex(&entry.key).ok_or_else(|| invalid("a key is not hex".into()))?;
             entries.push((entry.tree, key, entry.value.into_bytes()));
         } else if let Ok(f) = serde_json::from_str::<Footer>(&l) {

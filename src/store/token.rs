@@ -45,17 +45,17 @@ impl Token {
 
     /// Checks shape and checksum; `None` for anything that cannot be a token.
     pub fn parse(text: &str) -> Option<Self> {
-        Self::check(text).then(|| Self(text.to_owned()))
+        Self::well_formed(text).then(|| Self(text.to_owned()))
     }
 
     /// The digest of `text` if it is a well-formed token (shape and
     /// checksum): what the store is asked about a presented token, with
     /// no copy of the secret made.
     pub fn digest_of(text: &str) -> Option<TokenDigest> {
-        Self::check(text).then(|| digest(text))
+        Self::well_formed(text).then(|| digest(text))
     }
 
-    fn check(text: &str) -> bool {
+    fn well_formed(text: &str) -> bool {
         if text.len() != TOKEN_LEN || !text.starts_with(PREFIX) {
             return false;
         }

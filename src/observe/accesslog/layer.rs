@@ -5,7 +5,7 @@
 //! As an event, an access line went through the subscriber stack and had
 //! each of its ten fields visited and formatted one by one, a large share
 //! of a proxied request's work and more of a 401's (docs/benchmarks.md
-//! has the counts). Here [`Entry::write`](super::Entry) asks whether the current
+//! has the counts). Here [`Facts::write`](super::Facts) asks whether the current
 //! subscriber is [`Logs`]; if so, the line is formatted from typed values
 //! into a reused buffer, the date and time up to the second formatted once
 //! a second, and leaves in one `write_all`. An access line inside a span
@@ -28,7 +28,7 @@ use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::config::LogFormat;
 
-/// The target of the access line (see [`super::Entry::write`]).
+/// The target of the access line (see [`super::Facts::write`]).
 pub(super) const TARGET: &str = "tokengate::access";
 
 type Filtered = Layered<EnvFilter, Registry>;
@@ -134,7 +134,7 @@ impl Subscriber for Logs {
     }
 }
 
-/// What an access line says, as [`super::Entry::write`] emits it.
+/// What an access line says, as [`super::Facts::write`] emits it.
 pub(super) struct Line<'a> {
     pub method: &'a Method,
     pub path: &'a str,
@@ -418,7 +418,7 @@ impl fmt::Write for Raw<'_> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::observe::accesslog::{Entry, Outcome};
+    use crate::observe::accesslog::{Facts, Outcome};
     use http::{Method, StatusCode};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -460,8 +460,8 @@ pub(super) mod tests {
         }
     }
 
-    fn entry(method: Method, client: &str, path: Option<&str>, user: Option<&str>) -> Entry {
-        Entry {
+    fn entry(method: Method, client: &str, path: Option<&str>, user: Option<&str>) -> Facts {
+        Facts {
             method,
             client: Arc::from(client),
             start: Instant::now(),
