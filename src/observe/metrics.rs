@@ -180,24 +180,18 @@ impl Metrics {
             "# HELP tokengate_requests_abandoned_total Requests whose client went away before the response head (logged as 499).\n# TYPE tokengate_requests_abandoned_total counter\ntokengate_requests_abandoned_total {}",
             self.abandoned.load(Relaxed)
         );
-        out.push_str("# HELP tokengate_auth_total Authentication decisions on proxied paths, by outcome.\n# TYPE tokengate_auth_total counter\n");
-        for outcome in AuthOutcome::ALL {
-            let _ = writeln!(
-                out,
-                "tokengate_auth_total{{outcome=\"{}\"}} {}",
-                outcome.label(),
-                self.auth[outcome as usize].load(Relaxed)
-            );
-        }
-        out.push_str("# HELP tokengate_logins_total Login attempts, by outcome.\n# TYPE tokengate_logins_total counter\n");
-        for outcome in LoginOutcome::ALL {
-            let _ = writeln!(
-                out,
-                "tokengate_logins_total{{outcome=\"{}\"}} {}",
-                outcome.label(),
-                self.logins[outcome as usize].load(Relaxed)
-            );
-        }
+        by_outcome(
+            &mut out,
+            "tokengate_auth_total",
+            "Authentication decisions on proxied paths, by outcome.",
+            AuthOutcome::ALL.map(|o| (o.label(), self.auth[o as usize].load(Relaxed))),
+        );
+        by_outcome(
+            &mut out,
+            "tokengate_logins_total",
+            "Login attempts, by outcome.",
+            LoginOutcome::ALL.map(|o| (o.label(), self.logins[o as usize].load(Relaxed))),
+        );
         self.login_latency.render(
             &mut out,
             "tokengate_login_duration_seconds",
@@ -214,6 +208,14 @@ impl Metrics {
             self.open_connections.load(Relaxed)
         );
         out
+    }
+}
+
+/// A counter family labelled by `outcome`, every outcome listed.
+fn by_outcome<const N: usize>(out: &mut String, name: &str, help: &str, counts: [(&str, u64); N]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (outcome, count) in counts {
+        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {count}");
     }
 }
 
