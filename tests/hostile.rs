@@ -176,8 +176,9 @@ async fn a_head_of_more_than_100_header_fields_gets_431() {
     };
     let reply = raw(gw.addr, request(100).as_bytes(), Duration::from_secs(2)).await;
     assert_eq!(raw_status(&reply), 200, "{reply}");
-    // Connection is hop-by-hop; X-Forwarded-For, -Proto and -Host are added.
-    assert_eq!(raw_body(&reply), "102");
+    // Connection is hop-by-hop; X-Forwarded-For, -Proto, -Host and
+    // X-Request-Id are added.
+    assert_eq!(raw_body(&reply), "103");
     let reply = raw(gw.addr, request(101).as_bytes(), Duration::from_secs(2)).await;
     assert_eq!(raw_status(&reply), 431, "{reply}");
     gw.stop().await;

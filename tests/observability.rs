@@ -354,6 +354,26 @@ async fn access_log_counts_the_body_bytes_sent() {
     }
 }
 
+/// The access line names the request by the ID the client and the
+/// upstream saw: a forwarded request and one the gateway answered itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_line_carries_the_request_id() {
+    let up = echo_upstream().await;
+    let serve = Serve::start(up.addr, "public = [\"/open\"]\n");
+    let forwarded = get(serve.addr, "/open", None).await;
+    let id = forwarded.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(forwarded.seen().header("x-request-id"), Some(id.as_str()));
+    assert_eq!(serve.first_access("/open").await["request_id"], id.as_str());
+    let denied = get(serve.addr, "/closed", None).await;
+    assert_eq!(denied.status, 401);
+    let id = denied.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(serve.first_access("/closed").await["request_id"], id);
+    serve.stop();
+}
+
 /// A client that hangs up halfway through a download still gets its one
 /// line, marked incomplete, with the bytes that went out before it left.
 #[tokio::test(flavor = "multi_thread")]

@@ -123,6 +123,8 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Longer request paths get 414 before any matching or authentication.
     pub max_path_length: usize,
+    /// Carries the request's ID to the upstream and back to the client.
+    pub request_id_header: HeaderName,
 }
 
 #[derive(Debug, Clone)]
@@ -559,6 +561,23 @@ impl Validator<'_> {
             }
             usize::try_from(size).map_err(|e| e.to_string())
         });
+        let request_id_header = self.parse("server.request_id_header", &r.request_id_header, |h| {
+            identity_header_name(h)
+        });
+        // The identity headers are the gateway's own on the way up: the ID
+        // must not overwrite them, nor they it.
+        if let Some(name) = &request_id_header
+            && [&raw.auth.identity_header, &raw.auth.roles_header]
+                .iter()
+                .any(|h| crate::request::headers::same_header(name.as_str(), h.get_ref()))
+        {
+            self.problem(
+                "server.request_id_header",
+                &r.request_id_header,
+                "must differ from auth.identity_header and auth.roles_header".into(),
+            );
+            return None;
+        }
         Some(ServerConfig {
             listen: listen?,
             tls: tls?,
@@ -570,6 +589,7 @@ impl Validator<'_> {
             tls_handshake_timeout: tls_handshake_timeout?,
             max_concurrent_streams: max_concurrent_streams?,
             max_path_length: max_path_length?,
+            request_id_header: request_id_header?,
         })
     }
 

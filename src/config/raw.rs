@@ -40,6 +40,7 @@ pub struct RawServer {
     pub tls_handshake_timeout: Spanned<String>,
     pub max_concurrent_streams: Spanned<u64>,
     pub max_path_length: Spanned<String>,
+    pub request_id_header: Spanned<String>,
 }
 
 impl Default for RawServer {
@@ -56,6 +57,7 @@ impl Default for RawServer {
             tls_handshake_timeout: s("10s"),
             max_concurrent_streams: Spanned::new(0..0, 100),
             max_path_length: s("8KiB"),
+            request_id_header: s("X-Request-Id"),
         }
     }
 }

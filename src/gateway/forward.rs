@@ -13,7 +13,7 @@ use super::response::{Body, Rejection};
 use super::tunnel;
 use super::{Peer, Settings, Upgrade};
 use crate::auth::cache::Verified;
-use crate::config::IpNet;
+use crate::config::{IpNet, ServerConfig};
 use crate::request::headers::{self, Forwarded, X_FORWARDED_FOR};
 use crate::store::Store;
 use crate::upstream::pool::Returning;
@@ -27,6 +27,7 @@ pub fn request(
     path: &str,
     identity: Option<&Verified>,
     peer: &Peer,
+    request_id: Option<&HeaderValue>,
 ) -> Result<Option<(HeaderValue, hyper::upgrade::OnUpgrade)>, Rejection> {
     let auth = &s.config.auth;
     let upgrade = tunnel::requested(req).map(|protocol| (protocol, hyper::upgrade::on(&mut *req)));
@@ -40,7 +41,7 @@ pub fn request(
     };
     *req.uri_mut() = s.upstream.uri_for(req.uri(), path)?;
     let headers = req.headers_mut();
-    let trusted_peer = trusted(&s.config.server.trusted_proxies, peer.addr.ip());
+    let trusted_peer = from_trusted_proxy(&s.config.server, peer);
     let trusted_chain = if trusted_peer {
         joined(headers, &X_FORWARDED_FOR)
     } else {
@@ -54,6 +55,12 @@ pub fn request(
         trusted_peer,
     );
     headers::remove_listed(headers, &s.config.upstream.strip_headers);
+    if let Some(id) = request_id {
+        // Its look-alikes too: a framework may read `X_Request_Id` as it.
+        let name = &s.config.server.request_id_header;
+        headers::remove_listed(headers, std::slice::from_ref(name));
+        headers.insert(name.clone(), id.clone());
+    }
     // After hop-by-hop removal, so `Connection: Host` cannot drop it.
     // HTTP/1.0 may come without a host; the upstream hears its own name.
     let upstream_host = host.clone().unwrap_or_else(|| s.upstream.host().clone());
@@ -132,6 +139,11 @@ pub fn response(
         tunnel::restore_headers(response.headers_mut(), protocol);
     }
     response
+}
+
+/// Whether the request came through one of the `trusted_proxies`.
+pub fn from_trusted_proxy(server: &ServerConfig, peer: &Peer) -> bool {
+    trusted(&server.trusted_proxies, peer.addr.ip())
 }
 
 /// Whether `ip` is one of the `trusted_proxies`.

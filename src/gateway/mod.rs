@@ -8,6 +8,7 @@
 pub mod forward;
 pub mod login;
 pub mod policy;
+pub mod request_id;
 pub mod response;
 pub mod target;
 pub mod tunnel;
@@ -178,10 +179,6 @@ impl Gateway {
         &self.metrics
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Answers one request; its access line is written once the response
     /// body has ended (or the client has gone). Everything up to the
     /// upstream call runs here, at once: a request the gateway refuses
@@ -190,13 +187,18 @@ impl Gateway {
     pub fn handle(self: &Arc<Self>, mut req: Request<Incoming>, peer: &Peer) -> Answer {
         let mut pending = Pending::new(req.method().clone(), peer.ip_text.clone());
         let settings = self.settings.load_full();
+        let server = &settings.config.server;
+        let offered = forward::from_trusted_proxy(server, peer)
+            .then(|| req.headers().get(&server.request_id_header))
+            .flatten();
+        pending.outcome().request_id = Some(request_id::for_request(offered));
         match self.admit(&settings, &mut req, peer, pending.outcome()) {
             Err(rejection) => {
                 // hyper parses the connection's next request into the
                 // response's header map: handing it the request's, with
                 // its room, saves growing a new one on both sides.
                 let response = rejection.into_response_with(std::mem::take(req.headers_mut()));
-                Answer::Ready(Some(self.respond(pending, response)))
+                Answer::Ready(Some(self.respond(&settings, pending, response)))
             }
             Ok(Admitted::Forward(upgrade)) => {
                 // hyper drops this future when the client leaves before the head.
@@ -207,7 +209,7 @@ impl Gateway {
                 // would keep its captures, the request among them, beside
                 // the exchange's own copy, and the box would be twice the size.
                 let exchange = settings.upstream.send(req).map(move |response| {
-                    gateway.forwarded(response, started, upgrade, pending, unanswered)
+                    gateway.forwarded(&settings, response, started, upgrade, pending, unanswered)
                 });
                 Answer::Waiting(Box::pin(exchange))
             }
@@ -220,7 +222,7 @@ impl Gateway {
                         .await
                         .unwrap_or_else(Rejection::into_response);
                     unanswered.answered();
-                    gateway.respond(pending, response)
+                    gateway.respond(&settings, pending, response)
                 }))
             }
         }
@@ -229,6 +231,7 @@ impl Gateway {
     /// The upstream's answer to a forwarded request, on its way back.
     fn forwarded(
         &self,
+        s: &Settings,
         response: Result<Response<Returning>, Failure>,
         started: Instant,
         upgrade: Option<Upgrade>,
@@ -243,11 +246,23 @@ impl Gateway {
             Err(failure) => Rejection::from(failure).into_response(),
         };
         unanswered.answered();
-        self.respond(pending, response)
+        self.respond(s, pending, response)
     }
 
-    fn respond(&self, pending: Pending, response: Response<Body>) -> Response<Logged<Body>> {
+    /// Every answer leaves here: counted, carrying the request's ID, and
+    /// handed to the access log.
+    fn respond(
+        &self,
+        s: &Settings,
+        mut pending: Pending,
+        mut response: Response<Body>,
+    ) -> Response<Logged<Body>> {
         self.metrics.response(response.status().as_u16());
+        if let Some(id) = &pending.outcome().request_id {
+            response
+                .headers_mut()
+                .insert(s.config.server.request_id_header.clone(), id.clone());
+        }
         pending.respond(response)
     }
 
@@ -294,8 +309,15 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };
-        let upgrade = forward::request(s, req, path, identity.as_deref(), peer)?
-            .map(|(protocol, client)| (protocol, client, identity));
+        let upgrade = forward::request(
+            s,
+            req,
+            path,
+            identity.as_deref(),
+            peer,
+            outcome.request_id.as_ref(),
+        )?
+        .map(|(protocol, client)| (protocol, client, identity));
         Ok(Admitted::Forward(upgrade))
     }
 

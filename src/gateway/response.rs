@@ -350,8 +350,9 @@ mod tests {
         // hyper keeps a slot this size in every HTTP/1 connection for its
         // life (the upstream body's connection, driver and the request's
         // progress included); boxing the entry would trade that for an
-        // allocation per request.
+        // allocation per request. The request ID's header value (40 bytes)
+        // is kept for the access line, written when the body ends.
         let size = std::mem::size_of::<crate::observe::accesslog::Logged<Body>>();
-        assert!(size <= 240, "Logged<Body> is {size} bytes");
+        assert!(size <= 280, "Logged<Body> is {size} bytes");
     }
 }

@@ -41,6 +41,8 @@ pub struct Outcome {
     pub user: Option<Arc<str>>,
     /// Time until the upstream's response head, when the request was forwarded.
     pub upstream_us: Option<u64>,
+    /// The request's ID, as sent upstream and on the response.
+    pub request_id: Option<http::HeaderValue>,
 }
 
 /// Everything the access line says, gathered from the request's arrival on.
@@ -69,6 +71,11 @@ impl Facts {
             status: head.map_or(CLIENT_CLOSED, |(status, _)| status.as_u16()),
             user: outcome.user.as_deref().unwrap_or("-"),
             client: &client,
+            request_id: outcome
+                .request_id
+                .as_ref()
+                .and_then(|id| id.to_str().ok())
+                .unwrap_or("-"),
             latency_us: micros(start.elapsed()),
             ttfb_us: head.map(|(_, ttfb)| ttfb),
             upstream_us: outcome.upstream_us,
@@ -85,6 +92,7 @@ impl Facts {
             status = line.status,
             user = line.user,
             client = %line.client,
+            request_id = line.request_id,
             latency_us = line.latency_us,
             ttfb_us = line.ttfb_us,
             upstream_us = line.upstream_us,

@@ -141,6 +141,7 @@ pub(super) struct Line<'a> {
     pub status: u16,
     pub user: &'a str,
     pub client: &'a str,
+    pub request_id: &'a str,
     pub latency_us: u64,
     pub ttfb_us: Option<u64>,
     pub upstream_us: Option<u64>,
@@ -279,6 +280,7 @@ fn fields(out: &mut Vec<u8>, format: LogFormat, line: &Line<'_>) {
     f.number(names::STATUS, u64::from(line.status));
     f.string(names::USER, line.user);
     f.display(names::CLIENT, line.client);
+    f.string(names::REQUEST_ID, line.request_id);
     f.number(names::LATENCY_US, line.latency_us);
     if let Some(ttfb) = line.ttfb_us {
         f.number(names::TTFB_US, ttfb);
@@ -302,6 +304,7 @@ mod names {
     pub const STATUS: Name = (" status=", ",\"status\":");
     pub const USER: Name = (" user=", ",\"user\":");
     pub const CLIENT: Name = (" client=", ",\"client\":");
+    pub const REQUEST_ID: Name = (" request_id=", ",\"request_id\":");
     pub const LATENCY_US: Name = (" latency_us=", ",\"latency_us\":");
     pub const TTFB_US: Name = (" ttfb_us=", ",\"ttfb_us\":");
     pub const UPSTREAM_US: Name = (" upstream_us=", ",\"upstream_us\":");
@@ -469,6 +472,9 @@ pub(super) mod tests {
                 path: path.map(str::to_owned),
                 user: user.map(Arc::from),
                 upstream_us: Some(1234),
+                request_id: Some(http::HeaderValue::from_static(
+                    "4f1c0de5a1b2c3d4e5f60718293a4b5c",
+                )),
             },
         }
     }
@@ -677,7 +683,7 @@ pub(super) mod tests {
         };
         let both = logged("info");
         assert_eq!(both.len(), 2, "{both:?}");
-        assert!(both[0].starts_with("<ts>  INFO tokengate::access: method=GET path=\"/f\" status=499 user=\"-\" client=192.0.2.7 latency_us="));
+        assert!(both[0].starts_with("<ts>  INFO tokengate::access: method=GET path=\"/f\" status=499 user=\"-\" client=192.0.2.7 request_id=\"4f1c0de5a1b2c3d4e5f60718293a4b5c\" latency_us="));
         assert!(both[0].ends_with(" bytes=0 complete=false"), "{both:?}");
         assert_eq!(
             logged("info,tokengate::access=off"),
