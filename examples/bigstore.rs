@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         expires_at: None,
         label: Some("bench".into()),
         last_used_at: None,
+        scopes: Vec::new(),
     };
     let value = serde_json::to_vec(&record)?;
     let new = count.saturating_sub(existing);

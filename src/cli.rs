@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::password::{Hasher, Password};
 use crate::config::{Config, units};
+use crate::request::scope::Scope;
 use crate::store::Store;
 use crate::store::control::{Backend, Op, Reply, TokenView, UserView};
 use crate::time::rfc3339;
@@ -64,8 +65,12 @@ enum UserCommand {
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
         /// Read the password from one line of standard input
-        #[arg(long)]
+        #[arg(long, conflicts_with = "no_password")]
         password_stdin: bool,
+        /// A service user: no password, `/login` never succeeds for it;
+        /// its tokens come from `token issue`
+        #[arg(long)]
+        no_password: bool,
     },
     /// Change a user's password (ends all of their tokens)
     Passwd {
@@ -96,6 +101,11 @@ enum TokenCommand {
         ttl: Option<String>,
         #[arg(long)]
         label: Option<String>,
+        /// Limit the token to requests matching "METHODS PATTERN", e.g.
+        /// "GET /reports/**" or "GET,POST /orders/*" (METHODS may be *);
+        /// repeat for several. Without: all of the user's rights
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
     },
     /// List tokens (never their secrets)
     List {
@@ -394,6 +404,7 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
             name,
             roles,
             password_stdin,
+            no_password,
         } => {
             crate::store::validate_username(&name)?;
             for role in &roles {
@@ -404,14 +415,24 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
                     "user `{name}` already exists; use `tokengate user passwd {name}` to change the password"
                 );
             }
-            let password = read_password(password_stdin)?;
-            let password_hash = Hasher::new(config.auth.argon2)?.hash_now(&password)?;
+            let password_hash = if no_password {
+                crate::store::NO_PASSWORD.to_owned()
+            } else {
+                let password = read_password(password_stdin)?;
+                Hasher::new(config.auth.argon2)?.hash_now(&password)?
+            };
             backend.run(Op::UserAdd {
                 name: name.clone(),
                 roles,
                 password_hash,
             })?;
-            eprintln!("user `{name}` added");
+            if no_password {
+                eprintln!(
+                    "service user `{name}` added: it cannot log in; give it tokens with `tokengate token issue {name}`"
+                );
+            } else {
+                eprintln!("user `{name}` added");
+            }
         }
         UserCommand::Passwd {
             name,
@@ -457,7 +478,18 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
 fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     let backend = backend(config)?;
     match cmd {
-        TokenCommand::Issue { name, ttl, label } => {
+        TokenCommand::Issue {
+            name,
+            ttl,
+            label,
+            scopes,
+        } => {
+            // Refused here with the reason, before anything is stored.
+            let scopes: Vec<String> = Scope::parse_all(&scopes)
+                .map_err(|e| anyhow::anyhow!("--scope: {e}"))?
+                .iter()
+                .map(Scope::to_string)
+                .collect();
             let ttl = match ttl {
                 None => config.auth.token_ttl,
                 Some(text) => {
@@ -470,6 +502,7 @@ fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 name: name.clone(),
                 ttl_secs: ttl.map(|d| d.as_secs().max(1)),
                 label,
+                scopes,
             })?;
             let Reply::Issued {
                 token,
@@ -542,6 +575,7 @@ fn print_users(users: &[UserView], json: bool) -> anyhow::Result<()> {
                     "username": u.username,
                     "roles": u.roles,
                     "disabled": u.disabled,
+                    "password": u.password,
                     "created_at": rfc3339(u.created_at),
                 })
             })
@@ -580,6 +614,7 @@ fn print_tokens(tokens: &[TokenView], json: bool) -> anyhow::Result<()> {
                     "created_at": rfc3339(t.created_at),
                     "expires_at": t.expires_at.map(rfc3339),
                     "last_used_at": t.last_used_at.map(rfc3339),
+                    "scopes": t.scopes,
                 })
             })
             .collect();
@@ -601,6 +636,9 @@ fn print_tokens(tokens: &[TokenView], json: bool) -> anyhow::Result<()> {
                 t.last_used_at.map_or("never".into(), rfc3339),
                 t.label.as_deref().unwrap_or("")
             )?;
+            for scope in &t.scopes {
+                writeln!(out, "{:<16}  scope {scope}", "")?;
+            }
         }
     }
     Ok(())

@@ -189,10 +189,14 @@ async fn failed_logins_cost_the_same_argon2_work_whatever_is_wrong() {
     gw.add_user("carol", "right", &[]);
     gw.add_user("dave", "right", &[]);
     gw.store.set_disabled("dave", true).unwrap();
+    gw.store
+        .add_user("robot", tokengate::store::NO_PASSWORD.into(), Vec::new())
+        .unwrap();
     let attempts = [
         ("wrong password", "carol", "wrong"),
         ("unknown user", "nobody", "right"),
         ("disabled user", "dave", "right"),
+        ("service user", "robot", "!"),
     ];
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); attempts.len()];
     for _ in 0..7 {

@@ -46,7 +46,7 @@ async fn start_time_with_a_big_store() {
                     s.spawn(move || {
                         let mut kept = Vec::new();
                         for i in 0..per_thread.min(count.saturating_sub(t * per_thread)) {
-                            let (token, _) = store.issue_token(user, None, None).unwrap();
+                            let (token, _) = store.issue_token(user, None, None, &[]).unwrap();
                             if i % 10_000 == 0 {
                                 kept.push(token.expose().to_owned());
                             }

@@ -154,7 +154,7 @@ async fn revoked_tokens_close_open_tunnels() {
     let bob = gw.store.user("bob").unwrap().unwrap();
     let (short, _) = gw
         .store
-        .issue_token(&bob, Some(Duration::from_secs(3)), None)
+        .issue_token(&bob, Some(Duration::from_secs(3)), None, &[])
         .unwrap();
     let (mut expiring, _) = open(&gw, Some(short.expose())).await;
     assert_closed(&mut expiring, "expiry").await;

@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use http::HeaderValue;
 
+use crate::request::scope::Scope;
 use crate::store::token::TokenDigest;
 use crate::store::{Identity, LAST_USED_GRANULARITY, LiveToken, Store, StoreError};
 
@@ -36,6 +37,8 @@ pub struct Verified {
     pub roles_value: Option<HeaderValue>,
     /// Which check this was, for a tunnel that must end with the token.
     pub checked: Checked,
+    /// `None` for an unscoped token, which then pays nothing for scopes.
+    pub scopes: Option<Box<[Scope]>>,
 }
 
 /// A token check, as something that outlives its request needs it: what
@@ -51,9 +54,18 @@ pub struct Checked {
 }
 
 impl Verified {
-    pub fn new(identity: Identity, checked: Checked) -> Self {
+    /// `scopes` as stored; one that no longer parses (written by a newer
+    /// version) allows nothing, rather than everything.
+    pub fn new(identity: Identity, checked: Checked, scopes: &[String]) -> Self {
+        let scopes = (!scopes.is_empty()).then(|| {
+            scopes
+                .iter()
+                .filter_map(|text| Scope::parse(text).ok())
+                .collect()
+        });
         Self {
             checked,
+            scopes,
             username: Arc::from(identity.username.as_str()),
             user_value: HeaderValue::from_str(&identity.username).ok(),
             roles_value: HeaderValue::from_str(&identity.roles.join(",")).ok(),
@@ -115,6 +127,7 @@ impl TokenCache {
             identity,
             expires_at,
             last_used_at,
+            scopes,
         } = live;
         let verified = Arc::new(Verified::new(
             identity,
@@ -123,6 +136,7 @@ impl TokenCache {
                 expires_at,
                 generation,
             },
+            &scopes,
         ));
         if let Some(used) = last_used_at {
             let entry = Entry {
@@ -175,7 +189,7 @@ mod tests {
         let (_d, s) = store();
         let cache = TokenCache::new();
         let user = s.add_user("ann", "h".into(), vec!["a".into()]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         let first = cache.check(&s, &t.digest()).unwrap().unwrap();
         let second = cache.check(&s, &t.digest()).unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &second), "the second check was cached");
@@ -205,7 +219,7 @@ mod tests {
         ];
         for revoke in revocations {
             let user = s.user("ann").unwrap().unwrap_or(user.clone());
-            let (t, _) = s.issue_token(&user, None, None).unwrap();
+            let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
             assert_eq!(name(cache.check(&s, &t.digest()).unwrap()).unwrap(), "ann");
             assert!(cache.check(&s, &t.digest()).unwrap().is_some());
             revoke(&s, &t);
@@ -213,7 +227,7 @@ mod tests {
         }
         s.set_disabled("ann", false).unwrap();
         let user = s.user("ann").unwrap().unwrap();
-        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         assert!(cache.check(&s, &t.digest()).unwrap().is_some());
         s.remove_user("ann").unwrap();
         assert!(cache.check(&s, &t.digest()).unwrap().is_none());
@@ -224,7 +238,7 @@ mod tests {
         let (_d, s) = store();
         let cache = TokenCache::new();
         let user = s.add_user("ann", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         // A check that read the generation, then the store, before a revoke...
         let before = s.generation();
         let live = s.check(&t.digest()).unwrap().unwrap();
@@ -241,6 +255,7 @@ mod tests {
                         expires_at: None,
                         generation: before,
                     },
+                    &[],
                 )),
                 expires_at: None,
                 recheck_at: u64::MAX,
@@ -254,7 +269,7 @@ mod tests {
         let (_d, s) = store();
         let cache = TokenCache::new();
         let user = s.add_user("ann", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         let verified = cache.check(&s, &t.digest()).unwrap().unwrap();
         let now = crate::store::now();
         cache.insert(
@@ -270,7 +285,7 @@ mod tests {
         assert!(cache.get(&t.digest(), s.generation(), now).is_none());
         // An entry made from the store carries the token's expiry.
         let (short, _) = s
-            .issue_token(&user, Some(Duration::from_secs(60)), None)
+            .issue_token(&user, Some(Duration::from_secs(60)), None, &[])
             .unwrap();
         assert!(cache.check(&s, &short.digest()).unwrap().is_some());
         let expires = s
@@ -296,7 +311,7 @@ mod tests {
         let (_d, s) = store();
         let cache = TokenCache::new();
         let user = s.add_user("ann", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         cache.check(&s, &t.digest()).unwrap().unwrap();
         let used = s.tokens(None).unwrap()[0].record.last_used_at.unwrap();
         let generation = s.generation();

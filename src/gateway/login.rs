@@ -95,10 +95,7 @@ impl Login<'_> {
         // Always verify, even for an unknown user, so timing reveals nothing.
         let verified = self
             .hasher
-            .verify(
-                &form.password,
-                user.as_ref().map(|u| u.password_hash.as_str()),
-            )
+            .verify(&form.password, user.as_ref().and_then(|u| u.password()))
             .await;
         let user = match user {
             Some(user) if verified && !user.disabled => user,
@@ -114,7 +111,8 @@ impl Login<'_> {
 
         let store = self.store.clone();
         let ttl = self.token_ttl;
-        let issued = tokio::task::spawn_blocking(move || store.issue_token(&user, ttl, None)).await;
+        let issued =
+            tokio::task::spawn_blocking(move || store.issue_token(&user, ttl, None, &[])).await;
         let (token, record) = match issued {
             Ok(Ok(issued)) => issued,
             Ok(Err(StoreError::Stale | StoreError::UnknownUser(_))) => {

@@ -306,6 +306,11 @@ impl Gateway {
             outcome.user = Some(identity.username.clone());
             policy::authorize(&s.config.rules, path, &identity.identity)
                 .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
+            if !policy::in_scope(identity.scopes.as_deref(), req.method(), path) {
+                self.metrics.auth(AuthOutcome::Forbidden);
+                outcome.reason = Some(accesslog::Reason::Scope);
+                return Err(Rejection::Forbidden);
+            }
             self.metrics.auth(AuthOutcome::Ok);
             Some(identity)
         };

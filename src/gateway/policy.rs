@@ -3,7 +3,10 @@
 
 use crate::config::Rule;
 use crate::gateway::response::Rejection;
+use http::Method;
+
 use crate::request::pattern::PathPattern;
+use crate::request::scope::Scope;
 use crate::store::Identity;
 
 pub fn is_public(public: &[PathPattern], path: &str) -> bool {
@@ -18,6 +21,13 @@ pub fn authorize(rules: &[Rule], path: &str, identity: &Identity) -> Result<(), 
         Some(rule) if rule.roles.iter().any(|r| identity.roles.contains(r)) => Ok(()),
         Some(_) => Err(Rejection::Forbidden),
     }
+}
+
+/// A scoped token passes only requests one of its scopes covers; `None`
+/// (unscoped) passes everything its user may reach. Scopes narrow: they
+/// are checked after the rules, never instead of them.
+pub fn in_scope(scopes: Option<&[Scope]>, method: &Method, path: &str) -> bool {
+    scopes.is_none_or(|scopes| scopes.iter().any(|s| s.allows(method, path)))
 }
 
 #[cfg(test)]

@@ -202,7 +202,7 @@ mod tests {
 
     fn issue(s: &Store, name: &str) -> crate::store::token::Token {
         let user = s.user(name).unwrap().unwrap();
-        s.issue_token(&user, None, None).unwrap().0
+        s.issue_token(&user, None, None, &[]).unwrap().0
     }
 
     /// A lease on a check of `token` made now.

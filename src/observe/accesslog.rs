@@ -43,6 +43,24 @@ pub struct Outcome {
     pub upstream_us: Option<u64>,
     /// The request's ID, as sent upstream and on the response.
     pub request_id: Option<http::HeaderValue>,
+    /// Why a request was refused, where the status alone does not say.
+    pub reason: Option<Reason>,
+}
+
+/// The access line's `reason`: a byte in the per-request state, not a
+/// string's sixteen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A scoped token's scopes do not cover the request.
+    Scope,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Scope => "scope",
+        }
+    }
 }
 
 /// Everything the access line says, gathered from the request's arrival on.
@@ -79,6 +97,7 @@ impl Facts {
             latency_us: micros(start.elapsed()),
             ttfb_us: head.map(|(_, ttfb)| ttfb),
             upstream_us: outcome.upstream_us,
+            reason: outcome.reason.map(Reason::as_str),
             bytes,
             complete,
         };
@@ -96,6 +115,7 @@ impl Facts {
             latency_us = line.latency_us,
             ttfb_us = line.ttfb_us,
             upstream_us = line.upstream_us,
+            reason = line.reason,
             bytes = line.bytes,
             complete = line.complete,
         );

@@ -5,3 +5,4 @@
 pub mod canonical;
 pub mod headers;
 pub mod pattern;
+pub mod scope;

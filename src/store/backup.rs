@@ -191,8 +191,10 @@ mod tests {
         let user = a
             .add_user("ann", "hash".into(), vec!["admin".into()])
             .unwrap();
-        let (live, _) = a.issue_token(&user, None, Some("laptop".into())).unwrap();
-        let (dead, _) = a.issue_token(&user, None, None).unwrap();
+        let (live, _) = a
+            .issue_token(&user, None, Some("laptop".into()), &[])
+            .unwrap();
+        let (dead, _) = a.issue_token(&user, None, None, &[]).unwrap();
         a.revoke(&dead.digest()).unwrap();
         let file = dir.path().join("snap.jsonl");
         assert_eq!(backup(&a, &file).unwrap(), 3);

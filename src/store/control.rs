@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::accept;
+use crate::request::scope::Scope;
 use crate::store::backup::{self, BackupError};
 use crate::store::{Store, StoreError, TokenInfo, User};
 
@@ -57,6 +58,9 @@ pub enum Op {
         name: String,
         ttl_secs: Option<u64>,
         label: Option<String>,
+        /// `METHODS PATTERN` texts; empty: unscoped.
+        #[serde(default)]
+        scopes: Vec<String>,
     },
     TokenList {
         user: Option<String>,
@@ -83,11 +87,20 @@ pub struct UserView {
     pub roles: Vec<String>,
     pub disabled: bool,
     pub created_at: u64,
+    /// False for a service user, who cannot log in.
+    #[serde(default = "usable")]
+    pub password: bool,
+}
+
+/// Replies from a server older than the `password` field.
+fn usable() -> bool {
+    true
 }
 
 impl From<User> for UserView {
     fn from(u: User) -> Self {
         Self {
+            password: u.password().is_some(),
             username: u.username,
             roles: u.roles,
             disabled: u.disabled,
@@ -104,11 +117,14 @@ pub struct TokenView {
     pub created_at: u64,
     pub expires_at: Option<u64>,
     pub last_used_at: Option<u64>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 impl From<TokenInfo> for TokenView {
     fn from(t: TokenInfo) -> Self {
         Self {
+            scopes: t.record.scopes,
             id: t.id,
             user: t.record.user,
             label: t.record.label,
@@ -198,7 +214,9 @@ pub fn execute(store: &Store, op: Op) -> Result<Reply, OpError> {
             name,
             ttl_secs,
             label,
+            scopes,
         } => {
+            let scopes = Scope::parse_all(&scopes).map_err(StoreError::InvalidScope)?;
             let Some(user) = store.user(&name)? else {
                 return Err(StoreError::UnknownUser(name).into());
             };
@@ -206,7 +224,7 @@ pub fn execute(store: &Store, op: Op) -> Result<Reply, OpError> {
                 return Err(StoreError::Disabled(name).into());
             }
             let (token, record) =
-                store.issue_token(&user, ttl_secs.map(Duration::from_secs), label)?;
+                store.issue_token(&user, ttl_secs.map(Duration::from_secs), label, &scopes)?;
             Reply::Issued {
                 id: token.digest().id(),
                 token: token.expose().to_owned(),

@@ -35,6 +35,7 @@ use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+use crate::request::scope::Scope;
 use crate::store::token::{Token, TokenDigest};
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -47,6 +48,19 @@ pub struct User {
     /// Unix seconds.
     pub created_at: u64,
     pub epoch: u64,
+}
+
+/// The stored password hash of a user who has none: a service user, whose
+/// tokens come from `token issue` only. Django writes unusable passwords
+/// the same way.
+pub const NO_PASSWORD: &str = "!";
+
+impl User {
+    /// The hash a login is checked against; `None` for a user without a
+    /// usable password, who is then checked like an unknown user.
+    pub fn password(&self) -> Option<&str> {
+        (!self.password_hash.starts_with('!')).then_some(self.password_hash.as_str())
+    }
 }
 
 impl std::fmt::Debug for User {
@@ -69,6 +83,10 @@ pub struct TokenRecord {
     /// Updated at most once per `LAST_USED_GRANULARITY`, never per request.
     #[serde(default)]
     pub last_used_at: Option<u64>,
+    /// `METHODS PATTERN` texts in canonical form; empty: all of the
+    /// user's rights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 /// How stale `last_used_at` may get: one store write per token per minute at most.
@@ -144,6 +162,8 @@ pub enum StoreError {
     InvalidRole(String),
     #[error("invalid label: at most 200 characters, no control characters")]
     InvalidLabel,
+    #[error("invalid scope: {0}")]
+    InvalidScope(String),
 }
 
 /// The open sled database and its trees. Replaced whole when the store is
@@ -224,6 +244,8 @@ pub struct LiveToken {
     pub expires_at: Option<u64>,
     /// As stored after this check (it may have just been recorded).
     pub last_used_at: Option<u64>,
+    /// The token's scopes as stored; empty when unscoped.
+    pub scopes: Vec<String>,
 }
 
 #[derive(Default)]
@@ -750,6 +772,7 @@ impl Store {
         user: &User,
         ttl: Option<Duration>,
         label: Option<String>,
+        scopes: &[Scope],
     ) -> Result<(Token, TokenRecord), StoreError> {
         if let Some(label) = &label
             && (label.chars().count() > 200 || label.chars().any(char::is_control))
@@ -766,6 +789,7 @@ impl Store {
             expires_at: ttl.map(|ttl| created_at.saturating_add(ttl.as_secs())),
             label,
             last_used_at: None,
+            scopes: scopes.iter().map(Scope::to_string).collect(),
         };
         let bytes = serde_json::to_vec(&record)?;
         self.ready_for_write()?;
@@ -849,6 +873,7 @@ impl Store {
             },
             expires_at: record.expires_at,
             last_used_at,
+            scopes: record.scopes,
         }))
     }
 
@@ -1017,7 +1042,9 @@ mod tests {
         let user = s
             .add_user("alice", "hash".into(), vec!["admin".into()])
             .unwrap();
-        let (token, _) = s.issue_token(&user, None, Some("laptop".into())).unwrap();
+        let (token, _) = s
+            .issue_token(&user, None, Some("laptop".into()), &[])
+            .unwrap();
         let id = s.authenticate(&token.digest()).unwrap().unwrap();
         assert_eq!(id.username, "alice");
         assert_eq!(id.roles, ["admin"]);
@@ -1029,8 +1056,8 @@ mod tests {
     fn password_change_disable_and_removal_end_all_tokens() {
         let (_d, s) = store();
         let user = s.add_user("bob", "h1".into(), vec![]).unwrap();
-        let (t1, _) = s.issue_token(&user, None, None).unwrap();
-        let (t2, _) = s.issue_token(&user, None, None).unwrap();
+        let (t1, _) = s.issue_token(&user, None, None, &[]).unwrap();
+        let (t2, _) = s.issue_token(&user, None, None, &[]).unwrap();
         s.set_password("bob", "h2".into()).unwrap();
         assert_eq!(s.authenticate(&t1.digest()).unwrap(), None);
         assert_eq!(s.authenticate(&t2.digest()).unwrap(), None);
@@ -1038,12 +1065,12 @@ mod tests {
 
         // A login that verified the old password must not store a token.
         assert!(matches!(
-            s.issue_token(&user, None, None),
+            s.issue_token(&user, None, None, &[]),
             Err(StoreError::Stale)
         ));
 
         let user = s.user("bob").unwrap().unwrap();
-        let (t3, _) = s.issue_token(&user, None, None).unwrap();
+        let (t3, _) = s.issue_token(&user, None, None, &[]).unwrap();
         s.set_disabled("bob", true).unwrap();
         assert_eq!(s.authenticate(&t3.digest()).unwrap(), None);
         s.set_disabled("bob", false).unwrap();
@@ -1054,7 +1081,7 @@ mod tests {
         );
 
         let user = s.user("bob").unwrap().unwrap();
-        let (t4, _) = s.issue_token(&user, None, None).unwrap();
+        let (t4, _) = s.issue_token(&user, None, None, &[]).unwrap();
         s.remove_user("bob").unwrap();
         assert_eq!(s.authenticate(&t4.digest()).unwrap(), None);
         // A new user of the same name does not inherit old tokens.
@@ -1066,8 +1093,10 @@ mod tests {
     fn expired_tokens_are_refused_and_purged() {
         let (_d, s) = store();
         let user = s.add_user("carol", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, Some(Duration::ZERO), None).unwrap();
-        let (live, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s
+            .issue_token(&user, Some(Duration::ZERO), None, &[])
+            .unwrap();
+        let (live, _) = s.issue_token(&user, None, None, &[]).unwrap();
         assert_eq!(s.authenticate(&t.digest()).unwrap(), None);
         let before = s.generation();
         assert_eq!(s.purge_expired().unwrap(), 1);
@@ -1089,7 +1118,7 @@ mod tests {
     fn last_used_is_recorded_without_reviving_revoked_tokens() {
         let (_d, s) = store();
         let user = s.add_user("hal", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         assert_eq!(s.tokens(None).unwrap()[0].record.last_used_at, None);
         s.authenticate(&t.digest()).unwrap().unwrap();
         let used = s.tokens(None).unwrap()[0].record.last_used_at;
@@ -1128,7 +1157,7 @@ mod tests {
         let secret = {
             let s = Store::open(&path).unwrap();
             let user = s.add_user("frank", "h".into(), vec![]).unwrap();
-            let (t, _) = s.issue_token(&user, None, None).unwrap();
+            let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
             t.expose().to_owned()
         };
         for entry in walk(&path) {
@@ -1157,7 +1186,7 @@ mod tests {
     fn revoke_by_id() {
         let (_d, s) = store();
         let user = s.add_user("gina", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         let list = s.tokens(Some("gina")).unwrap();
         assert_eq!(list.len(), 1);
         s.revoke_id(&list[0].id).unwrap();
@@ -1178,7 +1207,7 @@ mod tests {
         let (_d, s) = store();
         let mut heard = s.revocations();
         let user = s.add_user("ann", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         assert!(
             matches!(heard.try_recv(), Err(TryRecvError::Empty)),
             "adding a user or issuing a token ends nothing"

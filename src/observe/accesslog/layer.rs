@@ -145,6 +145,7 @@ pub(super) struct Line<'a> {
     pub latency_us: u64,
     pub ttfb_us: Option<u64>,
     pub upstream_us: Option<u64>,
+    pub reason: Option<&'a str>,
     pub bytes: u64,
     pub complete: bool,
 }
@@ -288,6 +289,9 @@ fn fields(out: &mut Vec<u8>, format: LogFormat, line: &Line<'_>) {
     if let Some(upstream) = line.upstream_us {
         f.number(names::UPSTREAM_US, upstream);
     }
+    if let Some(reason) = line.reason {
+        f.string(names::REASON, reason);
+    }
     f.number(names::BYTES, line.bytes);
     f.bare(
         names::COMPLETE,
@@ -308,6 +312,7 @@ mod names {
     pub const LATENCY_US: Name = (" latency_us=", ",\"latency_us\":");
     pub const TTFB_US: Name = (" ttfb_us=", ",\"ttfb_us\":");
     pub const UPSTREAM_US: Name = (" upstream_us=", ",\"upstream_us\":");
+    pub const REASON: Name = (" reason=", ",\"reason\":");
     pub const BYTES: Name = (" bytes=", ",\"bytes\":");
     pub const COMPLETE: Name = (" complete=", ",\"complete\":");
 }
@@ -472,6 +477,7 @@ pub(super) mod tests {
                 path: path.map(str::to_owned),
                 user: user.map(Arc::from),
                 upstream_us: Some(1234),
+                reason: None,
                 request_id: Some(http::HeaderValue::from_static(
                     "4f1c0de5a1b2c3d4e5f60718293a4b5c",
                 )),
