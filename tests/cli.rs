@@ -4,125 +4,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::binary::{Env, feed, last_line, stderr, walk};
 use common::*;
 use tokengate::store::Store;
 use tokengate::store::token::Token;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
-
-/// A temporary working directory with a config at `etc/gate.toml` (so the
-/// working directory itself has no `tokengate.toml`), store in `etc/data`.
-struct Cli {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Cli {
-    fn new() -> Self {
-        Self::with_upstream("http://127.0.0.1:9")
-    }
-
-    fn with_upstream(url: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("etc")).unwrap();
-        let config = dir.path().join("etc").join("gate.toml");
-        std::fs::write(&config, config_text(url, "")).unwrap();
-        Self { dir, config }
-    }
-
-    fn store_path(&self) -> PathBuf {
-        self.dir.path().join("etc").join("data")
-    }
-
-    /// The binary with nothing but PATH in its environment, in the temp dir.
-    fn bare(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    /// `args` then `-c CONFIG`.
-    fn run(&self, args: &[&str]) -> Output {
-        self.bare()
-            .args(args)
-            .arg("-c")
-            .arg(&self.config)
-            .output()
-            .unwrap()
-    }
-
-    fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut cmd = self.bare();
-        cmd.args(args).arg("-c").arg(&self.config);
-        feed(cmd, input)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "{args:?} failed: {}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let text = self.ok(args);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
-    }
-
-    fn add_user(&self, name: &str, password: &str, roles: &[&str]) {
-        let mut args = vec!["user", "add", name, "--password-stdin"];
-        for r in roles {
-            args.push("--role");
-            args.push(r);
-        }
-        let out = self.run_with_stdin(&args, &format!("{password}\n"));
-        assert!(out.status.success(), "user add {name}: {}", stderr(&out));
-    }
-
-    fn issue(&self, args: &[&str]) -> String {
-        let mut all = vec!["token", "issue"];
-        all.extend_from_slice(args);
-        let out = self.ok(&all);
-        last_line(&out).to_owned()
-    }
-
-    /// The config text a gateway over this store would use, with an
-    /// absolute store path (for `Gateway::start_text`).
-    fn gateway_config(&self, upstream: std::net::SocketAddr) -> String {
-        config_text(&format!("http://{upstream}"), "").replace(
-            "path = \"data\"",
-            &format!("path = {:?}", self.store_path().display().to_string()),
-        )
-    }
-}
-
-fn feed(mut cmd: Command, input: &str) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn last_line(s: &str) -> &str {
-    s.lines().last().unwrap_or("")
-}
 
 fn users_by_name(
     list: &serde_json::Value,
@@ -146,9 +34,9 @@ fn wait_for_socket(store: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn user_add_reads_stdin_and_list_json_shows_users() {
-    let cli = Cli::new();
-    cli.add_user("alice", "s3cret pw", &["admin", "ops"]);
-    cli.add_user("bob", "pw-bob", &[]);
+    let cli = Env::nested("http://127.0.0.1:9");
+    cli.add_user_with_roles("alice", "s3cret pw", &["admin", "ops"]);
+    cli.add_user_with_roles("bob", "pw-bob", &[]);
     cli.ok(&["user", "disable", "bob"]);
 
     let list = cli.json(&["user", "list", "--json"]);
@@ -194,9 +82,9 @@ async fn user_add_reads_stdin_and_list_json_shows_users() {
 
 #[test]
 fn adding_an_existing_user_fails_clearly_and_changes_nothing() {
-    let cli = Cli::new();
-    cli.add_user("alice", "first", &["ops"]);
-    let out = cli.run_with_stdin(
+    let cli = Env::nested("http://127.0.0.1:9");
+    cli.add_user_with_roles("alice", "first", &["ops"]);
+    let out = cli.run_stdin(
         &[
             "user",
             "add",
@@ -220,9 +108,9 @@ fn adding_an_existing_user_fails_clearly_and_changes_nothing() {
 
 #[test]
 fn an_empty_password_is_refused() {
-    let cli = Cli::new();
+    let cli = Env::nested("http://127.0.0.1:9");
     for input in ["\n", "", "\r\n"] {
-        let out = cli.run_with_stdin(&["user", "add", "erin", "--password-stdin"], input);
+        let out = cli.run_stdin(&["user", "add", "erin", "--password-stdin"], input);
         assert!(!out.status.success(), "{input:?} was accepted");
         let err = stderr(&out).to_ascii_lowercase();
         assert!(
@@ -232,15 +120,15 @@ fn an_empty_password_is_refused() {
     }
     assert_eq!(cli.json(&["user", "list", "--json"]), serde_json::json!([]));
     // The same for a password change.
-    cli.add_user("erin", "pw", &[]);
-    let out = cli.run_with_stdin(&["user", "passwd", "erin", "--password-stdin"], "\n");
+    cli.add_user_with_roles("erin", "pw", &[]);
+    let out = cli.run_stdin(&["user", "passwd", "erin", "--password-stdin"], "\n");
     assert!(!out.status.success());
     assert!(stderr(&out).to_ascii_lowercase().contains("empty"));
 }
 
 #[test]
 fn without_a_terminal_or_password_stdin_the_command_fails_clearly() {
-    let cli = Cli::new();
+    let cli = Env::nested("http://127.0.0.1:9");
     // stdin is /dev/null: no terminal.
     let out = cli.run(&["user", "add", "frank"]);
     assert!(!out.status.success());
@@ -248,7 +136,7 @@ fn without_a_terminal_or_password_stdin_the_command_fails_clearly() {
     assert!(err.contains("--password-stdin"), "{err}");
     assert_eq!(cli.json(&["user", "list", "--json"]), serde_json::json!([]));
 
-    cli.add_user("frank", "pw", &[]);
+    cli.add_user_with_roles("frank", "pw", &[]);
     let out = cli.run(&["user", "passwd", "frank"]);
     assert!(!out.status.success());
     assert!(
@@ -260,8 +148,8 @@ fn without_a_terminal_or_password_stdin_the_command_fails_clearly() {
 
 #[test]
 fn commands_on_unknown_users_fail_naming_the_user() {
-    let cli = Cli::new();
-    cli.add_user("real", "pw", &[]);
+    let cli = Env::nested("http://127.0.0.1:9");
+    cli.add_user_with_roles("real", "pw", &[]);
     for args in [
         vec!["user", "remove", "ghost"],
         vec!["user", "disable", "ghost"],
@@ -274,7 +162,7 @@ fn commands_on_unknown_users_fail_naming_the_user() {
         assert!(stderr(&out).contains("ghost"), "{args:?}: {}", stderr(&out));
         assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("tg_"));
     }
-    let out = cli.run_with_stdin(&["user", "passwd", "ghost", "--password-stdin"], "pw\n");
+    let out = cli.run_stdin(&["user", "passwd", "ghost", "--password-stdin"], "pw\n");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("ghost"), "{}", stderr(&out));
     assert_eq!(
@@ -285,8 +173,8 @@ fn commands_on_unknown_users_fail_naming_the_user() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_issue_prints_the_token_alone_on_the_last_line_and_it_works() {
-    let cli = Cli::new();
-    cli.add_user("ci", "pw", &["deploy"]);
+    let cli = Env::nested("http://127.0.0.1:9");
+    cli.add_user_with_roles("ci", "pw", &["deploy"]);
     let out = cli.run(&["token", "issue", "ci", "--label", "pipeline", "--ttl", "1h"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -308,9 +196,9 @@ async fn token_issue_prints_the_token_alone_on_the_last_line_and_it_works() {
 
 #[test]
 fn token_list_json_has_the_fields_and_never_the_secret() {
-    let cli = Cli::new();
-    cli.add_user("alice", "pw", &[]);
-    cli.add_user("bob", "pw", &[]);
+    let cli = Env::nested("http://127.0.0.1:9");
+    cli.add_user_with_roles("alice", "pw", &[]);
+    cli.add_user_with_roles("bob", "pw", &[]);
     let labelled = cli.issue(&["alice", "--label", "laptop", "--ttl", "2h"]);
     let forever = cli.issue(&["alice", "--ttl", "0s"]);
     let bobs = cli.issue(&["bob"]);
@@ -374,9 +262,9 @@ fn token_list_json_has_the_fields_and_never_the_secret() {
 
 #[test]
 fn token_revoke_by_id_or_by_user() {
-    let cli = Cli::new();
-    cli.add_user("alice", "pw", &[]);
-    cli.add_user("bob", "pw", &[]);
+    let cli = Env::nested("http://127.0.0.1:9");
+    cli.add_user_with_roles("alice", "pw", &[]);
+    cli.add_user_with_roles("bob", "pw", &[]);
     let a1 = cli.issue(&["alice", "--label", "one"]);
     let a2 = cli.issue(&["alice", "--label", "two"]);
     let b1 = cli.issue(&["bob"]);
@@ -439,7 +327,7 @@ fn token_revoke_by_id_or_by_user() {
 
 #[test]
 fn the_config_flag_works_before_and_after_the_subcommand() {
-    let cli = Cli::new();
+    let cli = Env::nested("http://127.0.0.1:9");
     let config = cli.config.display().to_string();
     let out = feed(
         {
@@ -474,8 +362,8 @@ fn the_config_flag_works_before_and_after_the_subcommand() {
 
 #[test]
 fn tokengate_config_names_the_file_when_there_is_no_flag() {
-    let cli = Cli::new();
-    cli.add_user("alice", "pw", &[]);
+    let cli = Env::nested("http://127.0.0.1:9");
+    cli.add_user_with_roles("alice", "pw", &[]);
     let out = cli
         .bare()
         .env("TOKENGATE_CONFIG", &cli.config)
@@ -514,7 +402,7 @@ fn tokengate_config_names_the_file_when_there_is_no_flag() {
 
 #[test]
 fn tokengate_toml_in_the_working_directory_is_the_default() {
-    let cli = Cli::new();
+    let cli = Env::nested("http://127.0.0.1:9");
     std::fs::write(
         cli.dir.path().join("tokengate.toml"),
         config_text("http://127.0.0.1:9", ""),
@@ -543,7 +431,7 @@ fn tokengate_toml_in_the_working_directory_is_the_default() {
 
 #[test]
 fn relative_paths_are_relative_to_the_config_files_folder() {
-    let cli = Cli::new();
+    let cli = Env::nested("http://127.0.0.1:9");
     // Run from a different directory, naming the config by a relative path.
     let out = feed(
         {
@@ -573,7 +461,7 @@ fn relative_paths_are_relative_to_the_config_files_folder() {
 
 #[test]
 fn check_prints_the_effective_config() {
-    let cli = Cli::with_upstream("http://10.1.2.3:8000");
+    let cli = Env::nested("http://10.1.2.3:8000");
     let out = cli.run(&["check"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
@@ -635,7 +523,7 @@ fn check_prints_the_effective_config() {
 
 /// Writes `text` as the config and asserts `check` fails naming the file,
 /// `line` and `key`.
-fn assert_check_names(cli: &Cli, text: &str, line: usize, key: &str) -> String {
+fn assert_check_names(cli: &Env, text: &str, line: usize, key: &str) -> String {
     std::fs::write(&cli.config, text).unwrap();
     let out = cli.run(&["check"]);
     assert!(!out.status.success(), "check accepted:\n{text}");
@@ -654,7 +542,7 @@ fn assert_check_names(cli: &Cli, text: &str, line: usize, key: &str) -> String {
 
 #[test]
 fn check_on_a_bad_file_names_the_file_line_and_key() {
-    let cli = Cli::new();
+    let cli = Env::nested("http://127.0.0.1:9");
     let base = "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[auth]\n";
     // Line numbers below count from 1 in `base` + the addition.
     assert_check_names(
@@ -732,7 +620,7 @@ fn check_on_a_bad_file_names_the_file_line_and_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn user_and_token_commands_go_through_a_running_server() {
     let up = echo_upstream().await;
-    let cli = Cli::with_upstream(&format!("http://{}", up.addr));
+    let cli = Env::nested(&format!("http://{}", up.addr));
     let (gw, _reload) = Gateway::start_text(&cli.gateway_config(up.addr), |_| {}).await;
     let store = cli.store_path();
     tokio::task::spawn_blocking(move || wait_for_socket(&store))
@@ -742,7 +630,7 @@ async fn user_and_token_commands_go_through_a_running_server() {
     let cli = std::sync::Arc::new(cli);
     let c = cli.clone();
     let token = tokio::task::spawn_blocking(move || {
-        c.add_user("live", "pw", &["ops"]);
+        c.add_user_with_roles("live", "pw", &["ops"]);
         c.issue(&["live", "--label", "hot"])
     })
     .await
@@ -777,7 +665,7 @@ fn mode(path: &Path) -> u32 {
 
 /// A backup `cli` can restore: `alice` comes back.
 fn assert_restores_alice(backup: &Path) {
-    let fresh = Cli::new();
+    let fresh = Env::nested("http://127.0.0.1:9");
     fresh.ok(&["restore", backup.to_str().unwrap()]);
     let users = users_by_name(&fresh.json(&["user", "list", "--json"]));
     assert!(users.contains_key("alice"), "{users:?}");
@@ -785,8 +673,8 @@ fn assert_restores_alice(backup: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_does_not_follow_a_planted_symlink() {
-    let cli = std::sync::Arc::new(Cli::new());
-    cli.add_user("alice", "pw", &[]);
+    let cli = std::sync::Arc::new(Env::nested("http://127.0.0.1:9"));
+    cli.add_user_with_roles("alice", "pw", &[]);
     let victim = cli.dir.path().join("victim.txt");
     std::fs::write(&victim, "the gateway user's own file\n").unwrap();
     // The name `backup` used to write through, planted by another user,
@@ -827,8 +715,8 @@ async fn backup_does_not_follow_a_planted_symlink() {
 
 #[test]
 fn backup_file_is_private() {
-    let cli = Cli::new();
-    cli.add_user("alice", "pw", &[]);
+    let cli = Env::nested("http://127.0.0.1:9");
+    cli.add_user_with_roles("alice", "pw", &[]);
     let target = cli.dir.path().join("snap.jsonl");
     // An old world-readable backup, and the old temporary name planted as
     // a world-readable file by someone waiting to read the next snapshot.
@@ -849,27 +737,13 @@ fn backup_file_is_private() {
 }
 
 /// Every file and directory under `dir`, itself included.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut all = vec![dir.to_path_buf()];
-    let mut i = 0;
-    while i < all.len() {
-        if all[i].is_dir() {
-            for e in std::fs::read_dir(&all[i]).unwrap() {
-                all.push(e.unwrap().path());
-            }
-        }
-        i += 1;
-    }
-    all
-}
-
 #[test]
 fn store_created_by_user_add_is_private() {
-    let cli = Cli::new();
+    let cli = Env::nested("http://127.0.0.1:9");
     let store = cli.store_path();
     std::fs::create_dir(&store).unwrap();
     std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    cli.add_user("alice", "pw", &[]);
+    cli.add_user_with_roles("alice", "pw", &[]);
     let all = walk(&store);
     assert!(all.len() > 2, "sled's files: {all:?}");
     for path in all {
@@ -881,7 +755,7 @@ fn store_created_by_user_add_is_private() {
 #[test]
 fn a_store_owned_by_another_user_is_refused() {
     use std::os::unix::fs::MetadataExt;
-    let cli = Cli::new();
+    let cli = Env::nested("http://127.0.0.1:9");
     let uid = std::fs::metadata(cli.dir.path()).unwrap().uid();
     if uid != 0 {
         eprintln!("SKIPPED: only root can give a directory to another user (running as uid {uid})");
@@ -906,7 +780,7 @@ fn a_store_owned_by_another_user_is_refused() {
 
     // Our own directory, but one of sled's files is someone else's.
     std::os::unix::fs::chown(&store, Some(0), Some(0)).unwrap();
-    cli.add_user("alice", "pw", &[]);
+    cli.add_user_with_roles("alice", "pw", &[]);
     std::os::unix::fs::chown(store.join("db"), Some(NOBODY), None).unwrap();
     let out = cli.run(&["user", "list"]);
     assert!(

@@ -21,13 +21,12 @@
 //! server logs is kept.
 
 mod common;
-mod served;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use served::{Env, Rng, Server};
+use common::binary::{Env, Rng, Server};
 
 const WORKERS: usize = 3;
 const USERS_PER_WORKER: usize = 3;
@@ -154,7 +153,7 @@ impl Ctx<'_> {
         what: &str,
     ) -> Seen<(http::StatusCode, bytes::Bytes)> {
         let before = self.kills.load(Ordering::SeqCst);
-        match served::try_send(self.addr, req, HTTP_TIMEOUT).await {
+        match common::binary::try_send(self.addr, req, HTTP_TIMEOUT).await {
             Some(r) if r.0 != http::StatusCode::SERVICE_UNAVAILABLE => Seen::Ack(r),
             _ => self.failed(before, what),
         }
@@ -277,7 +276,7 @@ impl Worker {
         if a.disabled {
             if self.rng.chance(40) {
                 // A disabled user's right password is refused.
-                let req = served::login_request(&name, &a.password);
+                let req = common::binary::login_request(&name, &a.password);
                 return match ctx.http(req, "login of a disabled user").await {
                     Seen::CutOff => true,
                     Seen::Ack((status, body)) => {
@@ -308,7 +307,7 @@ impl Worker {
         match roll {
             // HTTP login.
             0..=29 if a.live.len() < MAX_LIVE => {
-                let req = served::login_request(&name, &a.password);
+                let req = common::binary::login_request(&name, &a.password);
                 match ctx.http(req, "login").await {
                     Seen::CutOff => true,
                     Seen::Ack((status, body)) => {
@@ -325,7 +324,7 @@ impl Worker {
             30..=44 if has_live => {
                 let i = self.rng.below(a.live.len() as u64) as usize;
                 let token = a.live[i].clone();
-                let req = served::get_request("/api/thing", &token);
+                let req = common::binary::get_request("/api/thing", &token);
                 match ctx.http(req, "request with a live token").await {
                     Seen::CutOff => true,
                     Seen::Ack((status, body)) => {
@@ -347,7 +346,10 @@ impl Worker {
                     user: u,
                     token: token.clone(),
                 });
-                match ctx.http(served::logout_request(&token), "logout").await {
+                match ctx
+                    .http(common::binary::logout_request(&token), "logout")
+                    .await
+                {
                     Seen::CutOff => true,
                     Seen::Ack((status, body)) => {
                         assert_eq!(status, 204, "seed {seed}: logout of {name}: {body:?}");
@@ -487,7 +489,7 @@ async fn status_of(
     addr: std::net::SocketAddr,
     req: http::Request<bytes::Bytes>,
 ) -> (u16, bytes::Bytes) {
-    let (status, body) = served::try_send(addr, req, HTTP_TIMEOUT)
+    let (status, body) = common::binary::try_send(addr, req, HTTP_TIMEOUT)
         .await
         .expect("the restarted server answers");
     (status.as_u16(), body)
@@ -509,7 +511,10 @@ async fn settle_and_verify(
         match pending {
             Pending::Logout { user, token } => {
                 let a = &mut w.accounts[user];
-                match status_of(addr, served::get_request("/", &token)).await.0 {
+                match status_of(addr, common::binary::get_request("/", &token))
+                    .await
+                    .0
+                {
                     200 => a.live.push(token),
                     401 => a.bury(token),
                     s => panic!("seed {seed}: token after a cut-off revocation: {s}"),
@@ -518,7 +523,7 @@ async fn settle_and_verify(
             Pending::Passwd { user, password } => {
                 let a = &mut w.accounts[user];
                 let (status, body) =
-                    status_of(addr, served::login_request(&a.name, &password)).await;
+                    status_of(addr, common::binary::login_request(&a.name, &password)).await;
                 match status {
                     200 => {
                         a.password = password;
@@ -588,7 +593,7 @@ async fn settle_and_verify(
         let answers = futures_util::future::join_all(
             chunk
                 .iter()
-                .map(|(_, t, _)| status_of(addr, served::get_request("/check", t))),
+                .map(|(_, t, _)| status_of(addr, common::binary::get_request("/check", t))),
         )
         .await;
         for ((name, token, live), (status, body)) in chunk.iter().zip(answers) {
@@ -635,7 +640,7 @@ impl Drop for Evidence {
 }
 
 async fn crash_loop(cycles: usize) {
-    let seed = served::seed_from_env("TOKENGATE_CRASH_SEED");
+    let seed = common::binary::seed_from_env("TOKENGATE_CRASH_SEED");
     eprintln!("crash loop: {cycles} cycles, seed {seed}");
     let upstream = common::echo_upstream().await;
     let config = common::config_text(

@@ -3,166 +3,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::binary::{Env, Server, last_line, walk};
 use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
-
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Env {
-    fn new(upstream: SocketAddr, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tokengate.toml");
-        std::fs::write(&config, config_text(&format!("http://{upstream}"), extra)).unwrap();
-        Self { dir, config }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .current_dir(self.dir.path())
-            .args(args)
-            .arg("-c")
-            .arg(&self.config)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn with_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    fn store_path(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-}
-
-/// A `tokengate serve` child process; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(env: &Env, extra_env: &[(&str, &str)]) -> Self {
-        let log = env
-            .dir
-            .path()
-            .join(format!("serve-{}.log", std::process::id()));
-        let mut cmd = env.cmd(&["serve"]);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log_path = log.clone();
-        std::thread::spawn(move || {
-            let mut file = std::fs::File::create(&log_path).unwrap();
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                writeln!(file, "{line}").unwrap();
-                // Text logs say `listen=ADDR`, JSON logs `"listen":"ADDR"`.
-                let found = line
-                    .split("listen=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .or_else(|| {
-                        line.split("\"listen\":\"")
-                            .nth(1)
-                            .and_then(|r| r.split('"').next())
-                    });
-                if !sent && let Some(addr) = found.and_then(|a| a.parse::<SocketAddr>().ok()) {
-                    tx.send(addr).unwrap();
-                    sent = true;
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server did not start");
-        // The admin socket is bound before the listener's address is logged? Wait for it.
-        let socket = env.store_path().join("admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "admin socket never answered");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { child, addr, log }
-    }
-
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "serve exited with {status}");
-        std::thread::sleep(Duration::from_millis(50));
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn last_line(s: &str) -> &str {
-    s.lines().last().unwrap_or("")
-}
-
 /// The same sequence of commands, checked by their output; `server` tells
 /// whether the HTTP side can be checked too.
 async fn manage_users_and_tokens(env: &Env, server: Option<SocketAddr>) {
-    let out = env.with_stdin(
+    let out = env.run_stdin(
         &[
             "user",
             "add",
@@ -178,13 +34,13 @@ async fn manage_users_and_tokens(env: &Env, server: Option<SocketAddr>) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dup = env.with_stdin(&["user", "add", "alice", "--password-stdin"], "x\n");
+    let dup = env.run_stdin(&["user", "add", "alice", "--password-stdin"], "x\n");
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
-    let empty = env.with_stdin(&["user", "add", "bob", "--password-stdin"], "\n");
+    let empty = env.run_stdin(&["user", "add", "bob", "--password-stdin"], "\n");
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("empty"));
-    let long = env.with_stdin(
+    let long = env.run_stdin(
         &["user", "add", "bob", "--password-stdin"],
         &"x".repeat(1025),
     );
@@ -252,7 +108,7 @@ async fn manage_users_and_tokens(env: &Env, server: Option<SocketAddr>) {
         assert_eq!(get(addr, "/x", Some(&second)).await.status, 200);
     }
 
-    let out = env.with_stdin(&["user", "passwd", "alice", "--password-stdin"], "pw-new\n");
+    let out = env.run_stdin(&["user", "passwd", "alice", "--password-stdin"], "pw-new\n");
     assert!(out.status.success());
     assert!(
         env.json(&["token", "list", "--json"])
@@ -333,17 +189,17 @@ async fn login(addr: SocketAddr, user: &str, password: &str) -> Reply {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_command_works_with_the_server_stopped() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "");
+    let env = Env::serving(up.addr, "");
     manage_users_and_tokens(&env, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_command_works_while_the_server_runs() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "");
-    let server = Server::start(&env, &[]);
+    let env = Env::serving(up.addr, "");
+    let server = Server::start(&env).unwrap();
     manage_users_and_tokens(&env, Some(server.addr)).await;
-    let log = server.stop();
+    let log = server.stop_log();
     assert!(
         log.contains("admin channel"),
         "commands did not go through the server:\n{log}"
@@ -353,15 +209,15 @@ async fn every_command_works_while_the_server_runs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn state_written_while_running_is_there_after_a_restart() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "");
-    let server = Server::start(&env, &[]);
-    let out = env.with_stdin(&["user", "add", "carol", "--password-stdin"], "pw\n");
+    let env = Env::serving(up.addr, "");
+    let server = Server::start(&env).unwrap();
+    let out = env.run_stdin(&["user", "add", "carol", "--password-stdin"], "pw\n");
     assert!(out.status.success());
     let token = last_line(&env.ok(&["token", "issue", "carol"])).to_owned();
     server.stop();
     let users = env.json(&["user", "list", "--json"]);
     assert_eq!(users[0]["username"], "carol");
-    let server = Server::start(&env, &[]);
+    let server = Server::start(&env).unwrap();
     assert_eq!(get(server.addr, "/x", Some(&token)).await.status, 200);
     server.stop();
 }
@@ -369,10 +225,10 @@ async fn state_written_while_running_is_there_after_a_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn revocation_reaches_an_open_keep_alive_connection() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "");
-    let server = Server::start(&env, &[]);
+    let env = Env::serving(up.addr, "");
+    let server = Server::start(&env).unwrap();
     assert!(
-        env.with_stdin(&["user", "add", "dan", "--password-stdin"], "pw\n")
+        env.run_stdin(&["user", "add", "dan", "--password-stdin"], "pw\n")
             .status
             .success()
     );
@@ -412,10 +268,10 @@ async fn revocation_reaches_an_open_keep_alive_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_expire_after_their_ttl() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "token_ttl = \"1s\"");
-    let server = Server::start(&env, &[]);
+    let env = Env::serving(up.addr, "token_ttl = \"1s\"");
+    let server = Server::start(&env).unwrap();
     assert!(
-        env.with_stdin(&["user", "add", "eve", "--password-stdin"], "pw\n")
+        env.run_stdin(&["user", "add", "eve", "--password-stdin"], "pw\n")
             .status
             .success()
     );
@@ -441,11 +297,12 @@ async fn tokens_expire_after_their_ttl() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_in_logs_or_store_files() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "");
-    let server = Server::start(&env, &[("RUST_LOG", "trace")]);
+    let mut env = Env::serving(up.addr, "");
+    env.vars.push(("RUST_LOG".into(), "trace".into()));
+    let server = Server::start(&env).unwrap();
     let password = "Very-Secret-Password-42";
     assert!(
-        env.with_stdin(
+        env.run_stdin(
             &["user", "add", "fay", "--password-stdin"],
             &format!("{password}\n")
         )
@@ -460,14 +317,14 @@ async fn no_secret_in_logs_or_store_files() {
         login(server.addr, "fay", "wrong-Password-99").await.status,
         401
     );
-    let log = server.stop();
+    let log = server.stop_log();
     assert!(
         log.contains("login succeeded"),
         "trace log was not captured:\n{log}"
     );
     for secret in [password, "wrong-Password-99", &token, &issued] {
         assert!(!log.contains(secret), "secret {secret} found in the log");
-        for file in walk(&env.store_path()) {
+        for file in walk(&env.store_path()).into_iter().filter(|p| p.is_file()) {
             let bytes = std::fs::read(&file).unwrap_or_default();
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
@@ -477,26 +334,13 @@ async fn no_secret_in_logs_or_store_files() {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else if p.is_file() {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn the_admin_socket_is_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let up = rt.block_on(echo_upstream());
-    let env = Env::new(up.addr, "");
-    let server = Server::start(&env, &[]);
+    let env = Env::serving(up.addr, "");
+    let server = Server::start(&env).unwrap();
     let socket = env.store_path().join("admin.sock");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -513,8 +357,8 @@ fn the_admin_socket_is_owner_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_applies_a_valid_config_and_ignores_a_broken_one() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "");
-    let server = Server::start(&env, &[]);
+    let env = Env::serving(up.addr, "");
+    let server = Server::start(&env).unwrap();
     let hup = |pid: u32| {
         Command::new("kill")
             .args(["-HUP", &pid.to_string()])
@@ -547,7 +391,7 @@ async fn sighup_applies_a_valid_config_and_ignores_a_broken_one() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let log = server.stop();
+    let log = server.stop_log();
     assert!(log.contains("reload refused"), "{log}");
     assert!(
         log.contains("bogus"),
@@ -559,10 +403,10 @@ async fn sighup_applies_a_valid_config_and_ignores_a_broken_one() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_while_running_and_restore_into_an_empty_store() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "");
-    let server = Server::start(&env, &[]);
+    let env = Env::serving(up.addr, "");
+    let server = Server::start(&env).unwrap();
     assert!(
-        env.with_stdin(
+        env.run_stdin(
             &["user", "add", "gus", "--role", "ops", "--password-stdin"],
             "pw\n"
         )
@@ -608,8 +452,8 @@ async fn backup_while_running_and_restore_into_an_empty_store() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"));
 
     // A new, empty store gets everything back, with the server running.
-    let fresh = Env::new(up.addr, "");
-    let server = Server::start(&fresh, &[]);
+    let fresh = Env::serving(up.addr, "");
+    let server = Server::start(&fresh).unwrap();
     let out = fresh.run(&["restore", snap.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -626,7 +470,7 @@ async fn backup_while_running_and_restore_into_an_empty_store() {
     server.stop();
 
     // And with the server stopped.
-    let offline = Env::new(up.addr, "");
+    let offline = Env::serving(up.addr, "");
     offline.ok(&["restore", snap.to_str().unwrap()]);
     assert_eq!(
         offline
@@ -641,10 +485,10 @@ async fn backup_while_running_and_restore_into_an_empty_store() {
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_are_one_object_per_line_with_access_fields() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "\n[log]\nformat = \"json\"\n");
-    let server = Server::start(&env, &[]);
+    let env = Env::serving(up.addr, "\n[log]\nformat = \"json\"\n");
+    let server = Server::start(&env).unwrap();
     assert!(
-        env.with_stdin(&["user", "add", "jay", "--password-stdin"], "pw\n")
+        env.run_stdin(&["user", "add", "jay", "--password-stdin"], "pw\n")
             .status
             .success()
     );
@@ -653,7 +497,7 @@ async fn json_logs_are_one_object_per_line_with_access_fields() {
         .unwrap()
         .to_owned();
     assert_eq!(get(server.addr, "/j?x=1", Some(&token)).await.status, 200);
-    let log = server.stop();
+    let log = server.stop_log();
     let mut access = None;
     for line in log.lines() {
         let v: serde_json::Value =
@@ -679,7 +523,7 @@ async fn json_logs_are_one_object_per_line_with_access_fields() {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_taken_by_logins_is_given_back() {
     let up = echo_upstream().await;
-    let env = Env::new(up.addr, "");
+    let env = Env::serving(up.addr, "");
     std::fs::write(
         &env.config,
         format!(
@@ -689,9 +533,9 @@ async fn memory_taken_by_logins_is_given_back() {
         ),
     )
     .unwrap();
-    let out = env.with_stdin(&["user", "add", "dora", "--password-stdin"], "right\n");
+    let out = env.run_stdin(&["user", "add", "dora", "--password-stdin"], "right\n");
     assert!(out.status.success());
-    let server = Server::start(&env, &[]);
+    let server = Server::start(&env).unwrap();
     let rss_mib = || {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();

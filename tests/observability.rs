@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
+use common::binary::{Env, Server};
 use common::*;
 use tokengate::config::Config;
 use tokengate::store::Store;
@@ -132,10 +133,8 @@ async fn health_readiness_and_metrics_after_traffic() {
 
 #[test]
 fn healthcheck_command_follows_the_running_gateway() {
-    use std::process::Command;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let up = rt.block_on(echo_upstream());
-    let dir = tempfile::tempdir().unwrap();
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -143,102 +142,51 @@ fn healthcheck_command_follows_the_running_gateway() {
             .unwrap()
     };
     let (gw, admin) = (free(), free());
-    let config = dir.path().join("tokengate.toml");
-    let text = config_text(&format!("http://{}", up.addr), "")
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{gw}\""))
-        + &format!("\n[admin]\nlisten = \"{admin}\"\n");
-    std::fs::write(&config, text).unwrap();
-    let bin = env!("CARGO_BIN_EXE_tokengate");
-    let check = || {
-        Command::new(bin)
-            .env_clear()
-            .arg("healthcheck")
-            .arg("-c")
-            .arg(&config)
-            .output()
-            .unwrap()
-    };
-    let down = check();
+    let env = Env::new(
+        &(config_text(&format!("http://{}", up.addr), "")
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{gw}\""))
+            + &format!("\n[admin]\nlisten = \"{admin}\"\n")),
+    );
+    let down = env.run(&["healthcheck"]);
     assert!(!down.status.success(), "healthy with nothing running");
     assert!(String::from_utf8_lossy(&down.stderr).contains("not healthy"));
 
-    let mut server = Command::new(bin)
-        .env_clear()
-        .args(["serve", "-c"])
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = Server::start(&env).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !check().status.success() {
+    while !env.run(&["healthcheck"]).status.success() {
         assert!(std::time::Instant::now() < deadline, "never became healthy");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(server.wait().unwrap().success());
-    assert!(!check().status.success());
+    assert!(server.stop().success());
+    assert!(!env.run(&["healthcheck"]).status.success());
 }
 
-/// A `tokengate serve` child with JSON logs, its stderr kept line by line.
+/// A `tokengate serve` child with JSON logs.
 struct Serve {
-    child: std::process::Child,
     addr: std::net::SocketAddr,
-    lines: Arc<std::sync::Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    server: Server,
+    _env: Env,
 }
 
 impl Serve {
     /// `auth` is TOML for the `[auth]` section.
     fn start(upstream: std::net::SocketAddr, auth: &str) -> Self {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tokengate.toml");
-        let extra = format!("{auth}\n[log]\nformat = \"json\"\n");
-        std::fs::write(&config, config_text(&format!("http://{upstream}"), &extra)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-            .env_clear()
-            .current_dir(dir.path())
-            .args(["serve", "-c"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let kept = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let v: serde_json::Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                if let Some(addr) = v["listen"].as_str().and_then(|a| a.parse().ok()) {
-                    let _ = tx.send(addr);
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("server did not start");
+        let env = Env::serving(upstream, &format!("{auth}\n[log]\nformat = \"json\"\n"));
+        let server = Server::start(&env).unwrap();
         Serve {
-            child,
-            addr,
-            lines,
-            reader: Some(reader),
-            _dir: dir,
+            addr: server.addr,
+            server,
+            _env: env,
         }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.server.log_text().lines().map(str::to_owned).collect()
     }
 
     /// The access lines logged so far for `path`.
     fn access(&self, path: &str) -> Vec<serde_json::Value> {
-        access_lines(&self.lines.lock().unwrap(), path)
+        access_lines(&self.lines(), path)
     }
 
     /// Waits (up to 10 s) for the first access line for `path`.
@@ -251,32 +199,15 @@ impl Serve {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no access line for {path} in:\n{}",
-                self.lines.lock().unwrap().join("\n")
+                self.lines().join("\n")
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
     /// SIGTERM, wait for a clean exit, and return every line it logged.
-    fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "serve exited with {status}");
-        if let Some(reader) = self.reader.take() {
-            reader.join().unwrap();
-        }
-        std::mem::take(&mut *self.lines.lock().unwrap())
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) -> Vec<String> {
+        self.server.stop_log().lines().map(str::to_owned).collect()
     }
 }
 

@@ -3,12 +3,11 @@
 //! accept never fails for want of a descriptor, and `check` says so.
 
 mod common;
-mod served;
 
 use std::time::Duration;
 
+use common::binary::{Env, Server};
 use common::*;
-use served::{Env, Server};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 

@@ -11,11 +11,10 @@
 //! one flushed, as a login would), from a few threads at once.
 
 mod common;
-mod served;
 
 use std::time::{Duration, Instant};
 
-use served::{Env, Server};
+use common::binary::{Env, Server};
 use tokengate::store::Store;
 
 const THREADS: usize = 4;
@@ -83,8 +82,8 @@ async fn start_time_with_a_big_store() {
         let server = Server::start(&env).expect("serve starts");
         let listening = t0.elapsed();
         let token = &sample[round % sample.len()];
-        let req = served::get_request("/ready", token);
-        match served::try_send(server.addr, req, Duration::from_secs(60)).await {
+        let req = common::binary::get_request("/ready", token);
+        match common::binary::try_send(server.addr, req, Duration::from_secs(60)).await {
             Some((s, _)) if s == 200 => {}
             other => panic!("a stored token failed: {other:?}"),
         }

@@ -2,14 +2,13 @@
 //! `serve`) and a real upstream.
 
 mod common;
-mod served;
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::binary::{Env, Server};
 use common::*;
 use http::Request;
-use served::{Env, Server};
 
 const SCOPES: [&str; 2] = ["GET /reports/**", "GET,post /orders/*"];
 
@@ -243,7 +242,11 @@ async fn a_service_user_has_tokens_but_never_logs_in() {
     let token = issue(&env, "robot", &["GET /reports/**"]);
     let server = Server::start(&env).unwrap();
     for password in ["", "!", "anything"] {
-        let r = send(server.addr, served::login_request("robot", password)).await;
+        let r = send(
+            server.addr,
+            common::binary::login_request("robot", password),
+        )
+        .await;
         let status = r.status.as_u16();
         // An empty password is a missing field (400); anything else 401.
         assert!(

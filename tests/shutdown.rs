@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::binary::{Env, Server};
 use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -309,64 +310,12 @@ async fn the_store_is_on_disk_when_run_returns() {
     );
 }
 
-/// A `tokengate serve` child; killed on drop if the test fails first.
-struct Serve {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path) -> Serve {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(dir)
-        .args(["serve", "-c", "tokengate.toml"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("listen=").nth(1)
-                && let Ok(addr) = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .parse::<SocketAddr>()
-            {
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve never logged its address");
-    Serve { child, addr }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_drains_on_sigterm_and_sigint_and_exits_0() {
     let (up, recorded) = recording_echo_upstream().await;
     for signal in ["-TERM", "-INT"] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("tokengate.toml"),
-            config_text(&format!("http://{}", up.addr), "public = [\"/**\"]"),
-        )
-        .unwrap();
-        let mut server = serve(dir.path());
+        let env = Env::serving(up.addr, "public = [\"/**\"]");
+        let mut server = Server::start(&env).unwrap();
         let addr = server.addr;
         let path = format!("/sig{signal}/delay/800");
         let p = path.clone();
@@ -397,7 +346,7 @@ async fn the_binary_drains_on_sigterm_and_sigint_and_exits_0() {
         };
         assert!(exit.success(), "{signal}: serve exited with {exit}");
         // The admin socket is cleaned up and the store can be opened again.
-        assert!(!dir.path().join("data").join("admin.sock").exists());
-        Store::open(&dir.path().join("data")).expect("the store is still locked");
+        assert!(!env.store_path().join("admin.sock").exists());
+        Store::open(&env.store_path()).expect("the store is still locked");
     }
 }

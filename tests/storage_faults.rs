@@ -12,13 +12,12 @@
 //! run) prints why and passes without checking.
 
 mod common;
-mod served;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use served::{Env, Server};
+use common::binary::{Env, Server};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,14 +78,14 @@ fn a_store_directory_the_user_may_not_enter_is_refused_by_name() {
         // store (root's, 0700) must not.
         std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut probe = Command::new(served::BIN);
+        let mut probe = Command::new(common::binary::BIN);
         probe.arg("--version").uid(65534).gid(65534);
         match probe.output() {
             Ok(out) if out.status.success() => {}
             other => {
                 eprintln!(
                     "SKIPPED: nobody (uid 65534) cannot run {}: {other:?}",
-                    served::BIN
+                    common::binary::BIN
                 );
                 return;
             }
@@ -156,7 +155,7 @@ fn a_read_only_store_is_refused_by_name() {
 }
 
 async fn status(addr: std::net::SocketAddr, req: http::Request<bytes::Bytes>) -> (u16, String) {
-    let (s, body) = served::try_send(addr, req, HTTP_TIMEOUT)
+    let (s, body) = common::binary::try_send(addr, req, HTTP_TIMEOUT)
         .await
         .expect("the server answers");
     (s.as_u16(), String::from_utf8_lossy(&body).into_owned())
@@ -170,7 +169,7 @@ async fn readyz(admin: std::net::SocketAddr) -> u16 {
 }
 
 async fn login(addr: std::net::SocketAddr, user: &str, password: &str) -> (u16, String) {
-    status(addr, served::login_request(user, password)).await
+    status(addr, common::binary::login_request(user, password)).await
 }
 
 fn token_of(body: &str) -> String {
@@ -235,7 +234,7 @@ async fn a_full_disk_refuses_logins_keeps_tokens_and_heals() {
 
     // Tokens that were handed out keep working; the gateway did not crash.
     for token in &saved {
-        let (s, body) = status(addr, served::get_request("/api", token)).await;
+        let (s, body) = status(addr, common::binary::get_request("/api", token)).await;
         assert_eq!(s, 200, "a valid token failed on a full disk: {body}");
     }
     assert_eq!(
@@ -279,7 +278,7 @@ async fn a_full_disk_refuses_logins_keeps_tokens_and_heals() {
     server.kill9();
     let server = Server::start(&env).expect("serve starts again");
     for token in &saved {
-        let (s, body) = status(server.addr, served::get_request("/api", token)).await;
+        let (s, body) = status(server.addr, common::binary::get_request("/api", token)).await;
         assert_eq!(
             s, 200,
             "a token handed out around the full disk was lost: {body}"

@@ -2,6 +2,8 @@
 //! 127.0.0.1 port 0, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,23 +72,7 @@ pub struct EchoUpstream {
 }
 
 pub async fn echo_upstream() -> EchoUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, mut stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                r = listener.accept() => match r { Ok(r) => r, Err(_) => continue },
-                _ = &mut stopped => return,
-            };
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(echo))
-                    .await;
-            });
-        }
-    });
-    EchoUpstream { addr, _stop: stop }
+    recording_echo_upstream().await.0
 }
 
 async fn echo(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
@@ -358,8 +344,8 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
-/// Sends `req` (origin-form URI) to `addr` on a fresh connection and reads the reply.
-pub async fn send(addr: SocketAddr, req: Request<impl Into<Bytes>>) -> Reply {
+/// `req` (origin-form URI) aimed at `addr`, its body whole.
+pub fn to_addr(addr: SocketAddr, req: Request<impl Into<Bytes>>) -> Request<Full<Bytes>> {
     let (mut parts, body) = req.into_parts();
     let pq = parts
         .uri
@@ -367,7 +353,12 @@ pub async fn send(addr: SocketAddr, req: Request<impl Into<Bytes>>) -> Reply {
         .map_or("/", |pq| pq.as_str())
         .to_owned();
     parts.uri = format!("http://{addr}{pq}").parse().unwrap();
-    let req = Request::from_parts(parts, Full::new(body.into()));
+    Request::from_parts(parts, Full::new(body.into()))
+}
+
+/// Sends `req` (origin-form URI) to `addr` on a fresh connection and reads the reply.
+pub async fn send(addr: SocketAddr, req: Request<impl Into<Bytes>>) -> Reply {
+    let req = to_addr(addr, req);
     let r = client().request(req).await.expect("request failed");
     let (parts, body) = r.into_parts();
     let body = body.collect().await.expect("body failed").to_bytes();

@@ -1,8 +1,7 @@
-//! Fixtures for durability tests that need the real binary: a temporary
-//! directory with a config, `tokengate` commands run in it with a scrubbed
-//! environment, and a `tokengate serve` child that can be killed with
-//! SIGKILL and started again on the same store.
-#![allow(dead_code)]
+//! The real binary: a temporary directory with a config, `tokengate`
+//! commands run in it with a scrubbed environment, and a `tokengate serve`
+//! child that can be stopped, killed with SIGKILL and started again on the
+//! same store. The one harness for every test that runs the binary.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -16,10 +15,12 @@ use http_body_util::{BodyExt, Full};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
-/// A directory holding `tokengate.toml` and (by default) the store `data/`.
+/// A directory holding a config and (by default) the store.
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Where the config's `store.path = "data"` puts the store.
+    store: PathBuf,
     /// Extra environment for every command and server.
     pub vars: Vec<(String, String)>,
     /// Run every command as this uid (and gid), when the test is root.
@@ -36,6 +37,7 @@ impl Env {
         let path = dir.path().join("tokengate.toml");
         std::fs::write(&path, config).unwrap();
         Self {
+            store: dir.path().join("data"),
             dir,
             config: path,
             vars: Vec::new(),
@@ -44,8 +46,53 @@ impl Env {
         }
     }
 
+    /// The test config for `upstream`, with `extra` appended after `[auth]`.
+    pub fn serving(upstream: SocketAddr, extra: &str) -> Self {
+        Self::new(&super::config_text(&format!("http://{upstream}"), extra))
+    }
+
+    /// The config at `etc/gate.toml`, store in `etc/data`: the working
+    /// directory itself has no `tokengate.toml`, for tests of where the
+    /// config comes from.
+    pub fn nested(upstream_url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        let config = dir.path().join("etc").join("gate.toml");
+        std::fs::write(&config, super::config_text(upstream_url, "")).unwrap();
+        Self {
+            store: dir.path().join("etc").join("data"),
+            dir,
+            config,
+            vars: Vec::new(),
+            as_user: None,
+            ulimit: None,
+        }
+    }
+
     pub fn store_path(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.store.clone()
+    }
+
+    /// The binary with nothing but PATH in its environment, in the
+    /// directory, output captured; no arguments, no `-c`.
+    pub fn bare(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// The config text a gateway over this store would use, with an
+    /// absolute store path (for `Gateway::start_text`).
+    pub fn gateway_config(&self, upstream: SocketAddr) -> String {
+        super::config_text(&format!("http://{upstream}"), "").replace(
+            "path = \"data\"",
+            &format!("path = {:?}", self.store_path().display().to_string()),
+        )
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
@@ -79,16 +126,7 @@ impl Env {
     }
 
     pub fn run_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The command may fail before reading; a broken pipe is its answer.
-        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-        child.wait_with_output().unwrap()
+        feed(self.cmd(args), input)
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -102,13 +140,34 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// A command's stdout, parsed as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
+    }
+
     pub fn add_user(&self, name: &str, password: &str) {
-        let out = self.run_stdin(&["user", "add", name, "--password-stdin"], password);
+        self.add_user_with_roles(name, password, &[]);
+    }
+
+    pub fn add_user_with_roles(&self, name: &str, password: &str, roles: &[&str]) {
+        let mut args = vec!["user", "add", name, "--password-stdin"];
+        for role in roles {
+            args.extend(["--role", role]);
+        }
+        let out = self.run_stdin(&args, password);
         assert!(
             out.status.success(),
             "user add {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `token issue ARGS`; the token (the output's last line).
+    pub fn issue(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "issue"];
+        all.extend_from_slice(args);
+        last_line(&self.ok(&all)).to_owned()
     }
 }
 
@@ -158,11 +217,10 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(file, "{line}");
-                if let Some(rest) = line.split("admin=").nth(1) {
-                    admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                if let Some(found) = logged(&line, "admin") {
+                    admin = Some(found);
                 }
-                if !sent && let Some(rest) = line.split("listen=").nth(1) {
-                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                if !sent && let Some(addr) = logged(&line, "listen") {
                     let _ = tx.send((addr, admin));
                     sent = true;
                 }
@@ -223,6 +281,16 @@ impl Server {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// SIGTERM; asserts a clean exit and returns everything it logged.
+    pub fn stop_log(self) -> String {
+        let log = self.log.clone();
+        let status = self.stop();
+        assert!(status.success(), "serve exited with {status}");
+        // Let the reader thread write the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::read_to_string(log).unwrap_or_default()
+    }
 }
 
 impl Drop for Server {
@@ -239,14 +307,7 @@ pub async fn try_send(
     req: Request<Bytes>,
     timeout: Duration,
 ) -> Option<(StatusCode, Bytes)> {
-    let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    parts.uri = format!("http://{addr}{pq}").parse().unwrap();
-    let req = Request::from_parts(parts, Full::new(body));
+    let req = super::to_addr(addr, req);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let fut = async {
@@ -278,6 +339,57 @@ pub fn get_request(path: &str, token: &str) -> Request<Bytes> {
         .header("authorization", format!("Token {token}"))
         .body(Bytes::new())
         .unwrap()
+}
+
+/// The address a log line gives for `field`, in the text format
+/// (`listen=ADDR`) or the JSON one (`"listen":"ADDR"`).
+fn logged(line: &str, field: &str) -> Option<SocketAddr> {
+    let text = line
+        .split(&format!("{field}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    let json = || {
+        line.split(&format!("\"{field}\":\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+    };
+    text.or_else(json)?.parse().ok()
+}
+
+/// Every path under `dir`, `dir` included, directories before their contents.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < all.len() {
+        if all[i].is_dir() {
+            for e in std::fs::read_dir(&all[i]).unwrap() {
+                all.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// Runs `cmd` with `input` on its stdin; its output.
+pub fn feed(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The command may fail before reading; a broken pipe is its answer.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+pub fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or("")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A small deterministic generator (SplitMix64) so a failing run can be
