@@ -473,3 +473,152 @@ fn call(socket: &Path, op: &Op) -> Result<Reply, ControlError> {
         .map_err(io_err)?;
     Ok(serde_json::from_str(&reply)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store served on its admin socket, as `serve` does it.
+    struct Served {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        _bound: SocketFile,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn serve_store() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        let bound = bind(&path).unwrap();
+        let task = tokio::spawn(super::serve(bound.listener, store));
+        Served {
+            _dir: dir,
+            path,
+            _bound: bound.socket,
+            task,
+        }
+    }
+
+    /// One op through the socket, as the CLI sends it.
+    async fn remote(path: &Path, op: Op) -> Result<Reply, BackendError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let backend = Backend::connect(&path)?;
+            assert!(
+                matches!(backend, Backend::Remote(_)),
+                "the server held the store"
+            );
+            backend.run(op)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Raw bytes in, the reply line out (empty when the server cut the
+    /// connection before an answer could be read).
+    async fn raw(path: &Path, bytes: Vec<u8>) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut stream = UnixStream::connect(socket_path(path)).await.unwrap();
+        // The server stops reading at MAX_LINE: the rest may be refused.
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.shutdown().await;
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply).await;
+        reply
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ops_through_the_socket_act_on_the_served_store() {
+        let served = serve_store();
+        let added = remote(
+            &served.path,
+            Op::UserAdd {
+                name: "ann".into(),
+                roles: vec!["ops".into()],
+                password_hash: crate::store::NO_PASSWORD.into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(added, Reply::Done));
+        let issued = remote(
+            &served.path,
+            Op::TokenIssue {
+                name: "ann".into(),
+                ttl_secs: Some(60),
+                label: Some("ci".into()),
+                scopes: vec!["get /reports/**".into()],
+            },
+        )
+        .await
+        .unwrap();
+        let Reply::Issued { token, id, .. } = issued else {
+            panic!("{issued:?}");
+        };
+        assert!(token.starts_with("tg_"));
+        let Reply::Tokens { tokens } = remote(&served.path, Op::TokenList { user: None })
+            .await
+            .unwrap()
+        else {
+            panic!("not a token list");
+        };
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].id, id);
+        assert_eq!(tokens[0].scopes, ["GET /reports/**"]);
+        let Reply::Users { users } = remote(&served.path, Op::UserList).await.unwrap() else {
+            panic!("not a user list");
+        };
+        assert!(!users[0].password, "a service user");
+        // A failure comes back as the store's message.
+        let e = remote(
+            &served.path,
+            Op::UserRemove {
+                name: "nobody".into(),
+            },
+        )
+        .await
+        .expect_err("an unknown user");
+        assert!(e.to_string().contains("nobody"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn garbage_and_oversized_requests_get_an_answer_not_a_crash() {
+        let served = serve_store();
+        let garbled = raw(&served.path, b"{\"op\":\"user_add\",\n".to_vec()).await;
+        assert!(garbled.contains("malformed admin request"), "{garbled}");
+        // Read no further than MAX_LINE, then refused (or cut off).
+        let huge = raw(&served.path, vec![b'x'; 2 * MAX_LINE as usize]).await;
+        assert!(
+            huge.is_empty() || huge.contains("malformed admin request"),
+            "{huge}"
+        );
+        // The channel still serves.
+        assert!(matches!(
+            remote(&served.path, Op::UserList).await.unwrap(),
+            Reply::Users { .. }
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_socket_is_the_owners_alone_and_goes_with_its_guard() {
+        let served = serve_store();
+        let socket = socket_path(&served.path);
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(&served.path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        drop(served);
+        assert!(!socket.exists(), "the socket file outlived its server");
+    }
+}

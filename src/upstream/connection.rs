@@ -581,3 +581,65 @@ impl Write for Watched {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_written_whole_before_the_answer_is_not_early() {
+        let p = Progress::idle();
+        p.start(true);
+        p.taken();
+        p.flushed();
+        // The answer arrives after the request went out whole.
+        p.heard();
+        assert_eq!(p.get() & Progress::HEARD, 0);
+        assert_eq!(p.get() & Progress::EARLY, 0);
+    }
+
+    #[test]
+    fn an_answer_before_the_whole_body_pauses_then_resumes_for_100_continue() {
+        let p = Progress::idle();
+        p.start(true);
+        p.heard();
+        assert_ne!(p.get() & Progress::HEARD, 0, "the body must wait");
+        assert!(p.pause(), "the first pause asks for another poll");
+        assert!(!p.pause(), "later ones do not, so nothing spins");
+        // It was `100 Continue`: the body goes on.
+        p.resume();
+        assert_eq!(p.get() & (Progress::HEARD | Progress::PAUSED), 0);
+        p.taken();
+        p.flushed();
+        assert_eq!(p.get(), Progress::IDLE);
+    }
+
+    #[test]
+    fn a_response_head_before_the_whole_request_marks_it_early() {
+        let p = Progress::idle();
+        p.start(true);
+        p.heard();
+        p.answered();
+        assert!(p.early(), "the connection must not be reused");
+        // Later reads and flushes do not undo it.
+        p.heard();
+        p.flushed();
+        assert!(p.early());
+
+        let whole = Progress::idle();
+        whole.start(true);
+        whole.taken();
+        whole.flushed();
+        whole.answered();
+        assert!(!whole.early());
+    }
+
+    #[test]
+    fn a_request_without_a_body_is_taken_from_the_start() {
+        let p = Progress::idle();
+        p.start(false);
+        assert_eq!(p.get(), Progress::TAKEN);
+        p.flushed();
+        assert_eq!(p.get(), Progress::IDLE);
+    }
+}

@@ -340,3 +340,62 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Result<Upstream, UpstreamError> {
+        let text = format!("[upstream]\nurl = \"{url}\"\n");
+        let config =
+            crate::config::Config::from_toml(&text, std::path::Path::new("t.toml"), |_| None)
+                .unwrap();
+        Upstream::new(&config.upstream)
+    }
+
+    fn target(up: &Upstream, uri: &str, path: &str) -> String {
+        up.uri_for(&uri.parse().unwrap(), path).unwrap().to_string()
+    }
+
+    #[test]
+    fn the_target_is_the_canonical_path_under_the_base_path_with_the_raw_query() {
+        let plain = upstream("http://127.0.0.1:8000").unwrap();
+        assert_eq!(target(&plain, "/a/b?x=1&y", "/a/b"), "/a/b?x=1&y");
+        // The canonical path replaces what the client wrote; the query stays raw.
+        assert_eq!(target(&plain, "/a/%62?q=%2F", "/a/b"), "/a/b?q=%2F");
+        let based = upstream("http://127.0.0.1:8000/v1").unwrap();
+        assert_eq!(target(&based, "/a?x=1", "/a"), "/v1/a?x=1");
+        assert_eq!(target(&based, "/", "/"), "/v1/");
+        assert_eq!(plain.host(), "127.0.0.1:8000");
+    }
+
+    #[test]
+    fn an_https_upstream_needs_a_name_tls_can_verify() {
+        assert!(upstream("https://api.example:8443").is_ok());
+        assert!(upstream("https://[::1]:8443").is_ok());
+        assert!(upstream("https://127.0.0.1:8443").is_ok());
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named() {
+        let text = "[upstream]\nurl = \"https://api.example\"\nca_file = \"/nonexistent/ca.pem\"\n";
+        let config =
+            crate::config::Config::from_toml(text, std::path::Path::new("t.toml"), |_| None)
+                .unwrap();
+        let e = Upstream::new(&config.upstream)
+            .err()
+            .expect("a missing CA file");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_client_body_failure_is_told_from_the_upstreams_own() {
+        let upstream_side = SendError::Connect("refused".into());
+        assert!(!from_client_body(&upstream_side));
+        assert_eq!(
+            error_chain(&std::io::Error::other("outer")),
+            "outer",
+            "a chain of one"
+        );
+    }
+}

@@ -305,3 +305,49 @@ impl std::fmt::Debug for Returning {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_new(lease: &Result<Lease, Busy>) -> bool {
+        matches!(lease, Ok(Lease::New(_)))
+    }
+
+    #[tokio::test]
+    async fn no_more_connections_than_the_cap_and_a_freed_slot_is_reused() {
+        let pool = Pool::new(Duration::from_secs(1), 2);
+        let wait = Duration::from_millis(30);
+        let first = pool.lease(wait).await;
+        let second = pool.lease(wait).await;
+        assert!(is_new(&first) && is_new(&second));
+        assert!(matches!(pool.lease(wait).await, Err(Busy)));
+        drop(first);
+        assert!(is_new(&pool.lease(wait).await));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_gets_the_slot_as_soon_as_it_frees() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let held = pool.lease(Duration::ZERO).await;
+        assert!(is_new(&held));
+        let waiting = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.lease(Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "waited past a held slot");
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the freed slot did not wake the waiter")
+            .unwrap();
+        assert!(is_new(&got));
+    }
+
+    #[tokio::test]
+    async fn an_empty_pool_has_nothing_idle() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        assert!(pool.take().await.is_none());
+    }
+}
