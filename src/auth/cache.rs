@@ -109,7 +109,7 @@ impl TokenCache {
 
     /// The caller behind `digest` if the token is live, from the cache when
     /// nothing was written since it was checked, else from the store.
-    pub fn check(
+    pub fn verify(
         &self,
         store: &Store,
         digest: &TokenDigest,
@@ -120,7 +120,7 @@ impl TokenCache {
         if let Some(hit) = self.get(digest, generation, now) {
             return Ok(Some(hit));
         }
-        let Some(live) = store.check(digest)? else {
+        let Some(live) = store.use_token(digest)? else {
             return Ok(None);
         };
         let LiveToken {
@@ -190,14 +190,14 @@ mod tests {
         let cache = TokenCache::new();
         let user = s.add_user("ann", "h".into(), vec!["a".into()]).unwrap();
         let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
-        let first = cache.check(&s, &t.digest()).unwrap().unwrap();
-        let second = cache.check(&s, &t.digest()).unwrap().unwrap();
+        let first = cache.verify(&s, &t.digest()).unwrap().unwrap();
+        let second = cache.verify(&s, &t.digest()).unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &second), "the second check was cached");
         assert_eq!(second.user_value.as_ref().unwrap(), "ann");
         assert_eq!(second.roles_value.as_ref().unwrap(), "a");
         // Any write, even an unrelated one, ends the cached check.
         s.add_user("bob", "h".into(), vec![]).unwrap();
-        let third = cache.check(&s, &t.digest()).unwrap().unwrap();
+        let third = cache.verify(&s, &t.digest()).unwrap().unwrap();
         assert!(!Arc::ptr_eq(&second, &third));
     }
 
@@ -220,17 +220,17 @@ mod tests {
         for revoke in revocations {
             let user = s.user("ann").unwrap().unwrap_or(user.clone());
             let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
-            assert_eq!(name(cache.check(&s, &t.digest()).unwrap()).unwrap(), "ann");
-            assert!(cache.check(&s, &t.digest()).unwrap().is_some());
+            assert_eq!(name(cache.verify(&s, &t.digest()).unwrap()).unwrap(), "ann");
+            assert!(cache.verify(&s, &t.digest()).unwrap().is_some());
             revoke(&s, &t);
-            assert!(cache.check(&s, &t.digest()).unwrap().is_none());
+            assert!(cache.verify(&s, &t.digest()).unwrap().is_none());
         }
         s.set_disabled("ann", false).unwrap();
         let user = s.user("ann").unwrap().unwrap();
         let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
-        assert!(cache.check(&s, &t.digest()).unwrap().is_some());
+        assert!(cache.verify(&s, &t.digest()).unwrap().is_some());
         s.remove_user("ann").unwrap();
-        assert!(cache.check(&s, &t.digest()).unwrap().is_none());
+        assert!(cache.verify(&s, &t.digest()).unwrap().is_none());
     }
 
     #[test]
@@ -241,7 +241,7 @@ mod tests {
         let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
         // A check that read the generation, then the store, before a revoke...
         let before = s.generation();
-        let live = s.check(&t.digest()).unwrap().unwrap();
+        let live = s.use_token(&t.digest()).unwrap().unwrap();
         s.revoke(&t.digest()).unwrap();
         // ...and was cached after it.
         cache.insert(
@@ -261,7 +261,7 @@ mod tests {
                 recheck_at: u64::MAX,
             },
         );
-        assert!(cache.check(&s, &t.digest()).unwrap().is_none());
+        assert!(cache.verify(&s, &t.digest()).unwrap().is_none());
     }
 
     #[test]
@@ -270,7 +270,7 @@ mod tests {
         let cache = TokenCache::new();
         let user = s.add_user("ann", "h".into(), vec![]).unwrap();
         let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
-        let verified = cache.check(&s, &t.digest()).unwrap().unwrap();
+        let verified = cache.verify(&s, &t.digest()).unwrap().unwrap();
         let now = crate::store::now();
         cache.insert(
             t.digest(),
@@ -287,7 +287,7 @@ mod tests {
         let (short, _) = s
             .issue_token(&user, Some(Duration::from_secs(60)), None, &[])
             .unwrap();
-        assert!(cache.check(&s, &short.digest()).unwrap().is_some());
+        assert!(cache.verify(&s, &short.digest()).unwrap().is_some());
         let expires = s
             .tokens(None)
             .unwrap()
@@ -312,7 +312,7 @@ mod tests {
         let cache = TokenCache::new();
         let user = s.add_user("ann", "h".into(), vec![]).unwrap();
         let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
-        cache.check(&s, &t.digest()).unwrap().unwrap();
+        cache.verify(&s, &t.digest()).unwrap().unwrap();
         let used = s.tokens(None).unwrap()[0].record.last_used_at.unwrap();
         let generation = s.generation();
         // A minute on, the cached entry sends the check back to the store.

@@ -85,7 +85,7 @@ pub fn verify(
     cache: &TokenCache,
     digest: &TokenDigest,
 ) -> Result<Arc<Verified>, Unauthenticated> {
-    match cache.check(store, digest) {
+    match cache.verify(store, digest) {
         Ok(Some(identity)) => Ok(identity),
         Ok(None) => Err(Unauthenticated::Invalid),
         Err(e) => {

@@ -291,11 +291,11 @@ impl Gateway {
         // token unless `public_upgrades` says otherwise.
         let public = policy::is_public(&auth.public, path)
             && (auth.public_upgrades || tunnel::requested(req).is_none());
-        let identity = if public {
+        let caller = if public {
             self.metrics.auth(AuthOutcome::Public);
             None
         } else {
-            let identity =
+            let verified =
                 auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
                     .inspect_err(|reason| {
                         self.metrics.auth(match reason {
@@ -303,26 +303,26 @@ impl Gateway {
                             _ => AuthOutcome::Invalid,
                         })
                     })?;
-            outcome.user = Some(identity.username.clone());
-            policy::authorize(&s.config.rules, path, &identity.identity)
+            outcome.user = Some(verified.username.clone());
+            policy::authorize(&s.config.rules, path, &verified.identity)
                 .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
-            if !policy::in_scope(identity.scopes.as_deref(), req.method(), path) {
+            if !policy::in_scope(verified.scopes.as_deref(), req.method(), path) {
                 self.metrics.auth(AuthOutcome::Forbidden);
                 outcome.reason = Some(accesslog::Reason::Scope);
                 return Err(Rejection::Forbidden);
             }
             self.metrics.auth(AuthOutcome::Ok);
-            Some(identity)
+            Some(verified)
         };
         let upgrade = forward::request(
             s,
             req,
             path,
-            identity.as_deref(),
+            caller.as_deref(),
             peer,
             outcome.request_id.as_ref(),
         )?
-        .map(|(protocol, client)| (protocol, client, identity));
+        .map(|(protocol, client)| (protocol, client, caller));
         Ok(Admitted::Forward(upgrade))
     }
 

@@ -165,7 +165,7 @@ impl Lease {
     async fn recheck(&self) -> Option<End> {
         let store = self.store.clone();
         let digest = self.verified.checked.digest;
-        match tokio::task::spawn_blocking(move || store.check(&digest)).await {
+        match tokio::task::spawn_blocking(move || store.use_token(&digest)).await {
             Ok(Ok(Some(live))) if live.identity.username == *self.verified.username => None,
             Ok(Ok(_)) => Some(End::Revoked),
             Ok(Err(e)) => {
@@ -208,7 +208,7 @@ mod tests {
     /// A lease on a check of `token` made now.
     fn lease(s: &Store, token: &crate::store::token::Token) -> Lease {
         let verified = TokenCache::new()
-            .check(s, &token.digest())
+            .verify(s, &token.digest())
             .unwrap()
             .unwrap();
         Lease::new(s.clone(), verified)

@@ -821,11 +821,11 @@ impl Store {
     /// The identity behind a token, if the token is live: known, unexpired,
     /// and its user present, enabled and on the same epoch.
     pub fn authenticate(&self, digest: &TokenDigest) -> Result<Option<Identity>, StoreError> {
-        Ok(self.check(digest)?.map(|live| live.identity))
+        Ok(self.use_token(digest)?.map(|live| live.identity))
     }
 
     /// `authenticate`, with the token's expiry and last use.
-    pub fn check(&self, digest: &TokenDigest) -> Result<Option<LiveToken>, StoreError> {
+    pub fn use_token(&self, digest: &TokenDigest) -> Result<Option<LiveToken>, StoreError> {
         let h = self.handles()?;
         let Some(bytes) = h.tokens.get(digest.0)? else {
             return Ok(None);
