@@ -74,7 +74,7 @@ impl Verified {
     }
 }
 
-struct Entry {
+struct Cached {
     verified: Arc<Verified>,
     expires_at: Option<u64>,
     /// Unix seconds from which the store must be asked again.
@@ -84,7 +84,7 @@ struct Entry {
 struct Entries {
     /// The store generation every entry was checked at.
     generation: u64,
-    map: HashMap<TokenDigest, Entry>,
+    map: HashMap<TokenDigest, Cached>,
 }
 
 pub struct TokenCache {
@@ -139,7 +139,7 @@ impl TokenCache {
             &scopes,
         ));
         if let Some(used) = last_used_at {
-            let entry = Entry {
+            let entry = Cached {
                 verified: verified.clone(),
                 expires_at,
                 recheck_at: used.saturating_add(LAST_USED_GRANULARITY),
@@ -159,7 +159,7 @@ impl TokenCache {
         live.then(|| entry.verified.clone())
     }
 
-    fn insert(&self, digest: TokenDigest, generation: u64, entry: Entry) {
+    fn insert(&self, digest: TokenDigest, generation: u64, entry: Cached) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if generation < entries.generation {
             // Checked before a write that a newer check already saw.
@@ -247,7 +247,7 @@ mod tests {
         cache.insert(
             t.digest(),
             before,
-            Entry {
+            Cached {
                 verified: Arc::new(Verified::new(
                     live.identity,
                     Checked {
@@ -275,7 +275,7 @@ mod tests {
         cache.insert(
             t.digest(),
             s.generation(),
-            Entry {
+            Cached {
                 verified,
                 expires_at: Some(now),
                 recheck_at: u64::MAX,
