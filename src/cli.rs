@@ -14,6 +14,7 @@ use crate::config::{Config, units};
 use crate::request::scope::Scope;
 use crate::store::Store;
 use crate::store::control::{Backend, Op, Reply, TokenView, UserView};
+use crate::store::token::Token;
 use crate::time::rfc3339;
 
 #[derive(Debug, Parser)]
@@ -50,6 +51,9 @@ enum Command {
     /// Manage API tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// See and lift login bans (held by the running gateway)
+    #[command(subcommand)]
+    Throttle(ThrottleCommand),
     /// Write a consistent snapshot of the store to FILE (server running or not)
     Backup { file: PathBuf },
     /// Load a snapshot into an empty store
@@ -84,10 +88,33 @@ enum UserCommand {
     Disable { name: String },
     /// Enable a disabled user
     Enable { name: String },
+    /// Replace a user's roles (their tokens stay; the new roles apply from
+    /// the next request, and their open tunnels close)
+    Roles {
+        name: String,
+        /// The new role; repeat for several; none at all clears them
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+    },
     /// List users
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ThrottleCommand {
+    /// List the addresses and usernames banned from logging in, and until when
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the ban (and forget the failed logins) of an address or a username
+    Unban {
+        /// An IP address, or a username
+        #[arg(value_name = "ADDRESS|USERNAME")]
+        who: String,
     },
 }
 
@@ -114,12 +141,19 @@ enum TokenCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke one token by id, or all of a user's with --user
+    /// Revoke one token by id, all of a user's with --user, or the one
+    /// whose secret is on standard input with --secret
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "user", "secret"])))]
     Revoke {
-        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        /// The token's id, as `token list` shows it
         id: Option<String>,
-        #[arg(long)]
+        /// Every token of this user
+        #[arg(long, value_name = "NAME")]
         user: Option<String>,
+        /// Read the token itself from standard input (a leaked token whose
+        /// id you do not know)
+        #[arg(long)]
+        secret: bool,
     },
 }
 
@@ -170,6 +204,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => {
             let config = Config::load(&path, env)?;
             token(&config, cmd)
+        }
+        Command::Throttle(cmd) => {
+            let config = Config::load(&path, env)?;
+            throttle(&config, cmd)
         }
         Command::Backup { file } => {
             let config = Config::load(&path, env)?;
@@ -467,10 +505,56 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
             })?;
             eprintln!("user `{name}` enabled");
         }
+        UserCommand::Roles { name, roles } => {
+            for role in &roles {
+                crate::store::validate_role(role)?;
+            }
+            backend.run(Op::UserRoles {
+                name: name.clone(),
+                roles: roles.clone(),
+            })?;
+            if roles.is_empty() {
+                eprintln!("user `{name}` now has no roles");
+            } else {
+                eprintln!("user `{name}` now has roles {}", roles.join(", "));
+            }
+        }
         UserCommand::List { json } => match backend.run(Op::UserList)? {
             Reply::Users { users } => print_users(&users, json)?,
             other => bail!("unexpected reply from the server: {other:?}"),
         },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn throttle(config: &Config, cmd: ThrottleCommand) -> anyhow::Result<ExitCode> {
+    let backend = backend(config)?;
+    match cmd {
+        ThrottleCommand::List { json } => {
+            let reply = backend.run(Op::ThrottleList)?;
+            let Reply::Bans { bans } = reply else {
+                bail!("unexpected reply from the server: {reply:?}");
+            };
+            let mut out = std::io::stdout().lock();
+            if json {
+                let list: Vec<_> = bans
+                    .iter()
+                    .map(|b| serde_json::json!({"who": b.who, "until": rfc3339(b.until)}))
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Array(list))?;
+            } else if bans.is_empty() {
+                writeln!(out, "no bans")?;
+            } else {
+                writeln!(out, "{:<40} UNTIL", "ADDRESS OR USERNAME")?;
+                for b in &bans {
+                    writeln!(out, "{:<40} {}", b.who, rfc3339(b.until))?;
+                }
+            }
+        }
+        ThrottleCommand::Unban { who } => {
+            backend.run(Op::ThrottleUnban { who: who.clone() })?;
+            eprintln!("`{who}` may log in again");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -522,19 +606,36 @@ fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Reply::Tokens { tokens } => print_tokens(&tokens, json)?,
             other => bail!("unexpected reply from the server: {other:?}"),
         },
-        TokenCommand::Revoke { id, user } => match (id, user) {
-            (Some(id), None) => {
+        TokenCommand::Revoke { id, user, secret } => match (id, user, secret) {
+            (Some(id), None, false) => {
                 backend.run(Op::TokenRevoke { id: id.clone() })?;
                 eprintln!("token {id} revoked");
             }
-            (None, Some(user)) => {
+            (None, Some(user), false) => {
                 let reply = backend.run(Op::TokenRevokeUser { name: user.clone() })?;
                 let Reply::Revoked { count } = reply else {
                     bail!("unexpected reply from the server: {reply:?}");
                 };
                 eprintln!("{count} token(s) of `{user}` revoked");
             }
-            _ => bail!("give a token id or --user NAME, not both"),
+            (None, None, true) => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("cannot read the token from standard input")?;
+                let text = line.trim();
+                let digest = Token::digest_of(text).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "standard input does not hold a tokengate token (tg_ followed by 49 characters, checksum intact)"
+                )
+            })?;
+                backend.run(Op::TokenRevokeDigest {
+                    digest: digest.to_hex(),
+                })?;
+                eprintln!("token {} revoked", digest.id());
+            }
+            _ => bail!("give one of a token id, --user NAME or --secret"),
         },
     }
     Ok(ExitCode::SUCCESS)

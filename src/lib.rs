@@ -96,7 +96,6 @@ pub async fn run_with(
     // however it returns: a JoinSet aborts what it holds when dropped.
     let mut beside = tokio::task::JoinSet::new();
     let control = store::control::bind(&config.store.path)?;
-    beside.spawn(store::control::serve(control.listener, store.clone()));
     beside.spawn(purge_expired(store.clone()));
     let metrics = Arc::new(observe::metrics::Metrics::new());
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -109,6 +108,11 @@ pub async fn run_with(
         beside.spawn(server::admin::serve(listener, admin));
     }
     let gateway = Arc::new(gateway::Gateway::new(config.clone(), store.clone(), metrics).await?);
+    beside.spawn(store::control::serve(
+        control.listener,
+        store.clone(),
+        gateway.throttle(),
+    ));
     if let Some(reloads) = reloads {
         beside.spawn(apply_reloads(reloads, gateway.clone()));
     }

@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::ThrottleConfig;
+use crate::store::control::Bans;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -147,6 +148,47 @@ impl Throttle {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state stays consistent across a panic elsewhere; keep using it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bans in force now, longest first: who, and for how much longer.
+    pub fn bans(&self, now: Instant) -> Vec<(String, Duration)> {
+        let state = self.lock();
+        let mut bans: Vec<(String, Duration)> = state
+            .entries
+            .iter()
+            .filter_map(|(key, counts)| {
+                let left = counts.banned(now)?;
+                let who = match key {
+                    Key::Client(ip) => ip.to_string(),
+                    Key::User(name) => name.clone(),
+                };
+                Some((who, left))
+            })
+            .collect();
+        bans.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        bans
+    }
+
+    /// Forgets an address's or a username's failures and ban at once, as
+    /// if it had never failed; `false` when nothing was recorded for it.
+    /// Text that parses as an IP address names the address.
+    pub fn lift(&self, who: &str) -> bool {
+        let key = match who.parse::<IpAddr>() {
+            Ok(ip) => Key::Client(ip),
+            Err(_) => Self::keys(IpAddr::from([0, 0, 0, 0]), who)[1].clone(),
+        };
+        let mut state = self.lock();
+        match state.entries.get_mut(&key) {
+            // A slot in flight stays reserved: its guard gives it back.
+            Some(counts) => {
+                let had = counts.failures > 0 || counts.banned_until.is_some();
+                counts.failures = 0;
+                counts.banned_until = None;
+                counts.strikes = 0;
+                had
+            }
+            None => false,
+        }
     }
 
     fn keys(client: IpAddr, username: &str) -> [Key; 2] {
@@ -334,6 +376,20 @@ fn make_room(entries: &mut HashMap<Key, Counts>, now: Instant, c: &ThrottleConfi
         .map(|(k, _)| k.clone())
     {
         entries.remove(&oldest);
+    }
+}
+
+impl Bans for Throttle {
+    fn list(&self) -> Vec<(String, u64)> {
+        self.bans(Instant::now())
+            .into_iter()
+            // Rounded up: a ban with 0.4 s left is still in force.
+            .map(|(who, left)| (who, left.as_secs() + u64::from(left.subsec_nanos() > 0)))
+            .collect()
+    }
+
+    fn lift(&self, who: &str) -> bool {
+        Throttle::lift(self, who)
     }
 }
 
@@ -639,5 +695,29 @@ mod tests {
             fail(&off, ip(n), &format!("u{n}"), t0);
         }
         assert_eq!(off.global_delay(t0), Duration::ZERO);
+    }
+
+    #[test]
+    fn bans_are_listed_and_lifted_by_address_or_username() {
+        let t = Throttle::new(config());
+        let now = Instant::now();
+        for _ in 0..5 {
+            fail(&t, ip(1), "eve", now);
+        }
+        let bans = t.bans(now);
+        let who: Vec<&str> = bans.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(bans.len(), 2, "{bans:?}");
+        assert!(who.contains(&"eve") && who.contains(&ip(1).to_string().as_str()));
+        assert!(bans.iter().all(|(_, left)| !left.is_zero()));
+        assert!(t.lift("eve"));
+        assert!(!t.lift("eve"), "nothing left to lift");
+        assert!(!t.lift("nobody"));
+        assert_eq!(t.bans(now).len(), 1);
+        // Still limited by the address, not by the name any more.
+        assert!(check(&t, ip(1), "eve", now).is_err());
+        assert!(check(&t, ip(2), "eve", now).is_ok());
+        assert!(t.lift(&ip(1).to_string()));
+        assert!(t.bans(now).is_empty());
+        assert!(check(&t, ip(1), "eve", now).is_ok());
     }
 }

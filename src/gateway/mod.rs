@@ -49,7 +49,7 @@ pub struct Gateway {
     store: Store,
     metrics: Arc<Metrics>,
     /// Survives reloads, so a SIGHUP does not lift bans.
-    throttle: Throttle,
+    throttle: Arc<Throttle>,
     /// Checks of live tokens, trusted until the store next changes.
     tokens: TokenCache,
 }
@@ -124,7 +124,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Result<Self, SettingsError> {
         Ok(Self {
-            throttle: Throttle::new(config.throttle),
+            throttle: Arc::new(Throttle::new(config.throttle)),
             settings: ArcSwap::from_pointee(Settings::new(config).await?),
             store,
             metrics,
@@ -173,6 +173,11 @@ impl Gateway {
         self.throttle.set_config(settings.config.throttle);
         self.settings.store(Arc::new(settings));
         Ok(())
+    }
+
+    /// The login throttle, whose bans the control socket lists and lifts.
+    pub fn throttle(&self) -> Arc<Throttle> {
+        self.throttle.clone()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

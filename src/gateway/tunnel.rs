@@ -106,6 +106,9 @@ pub enum End {
     /// Revoked, its user changed (password, disable, enable, removal), or
     /// a recheck found it gone.
     Revoked,
+    /// Its user's roles changed: what they were allowed then is decided
+    /// anew on the next request.
+    RolesChanged,
     Expired,
     /// A recheck could not reach the store: the tunnel fails closed, as a
     /// request would get 503.
@@ -116,6 +119,7 @@ impl End {
     fn reason(self) -> &'static str {
         match self {
             End::Revoked => "revoked",
+            End::RolesChanged => "roles changed",
             End::Expired => "expired",
             End::Unchecked => "store unavailable",
         }
@@ -151,7 +155,10 @@ impl Lease {
                     Ok(Revoked::User(user)) if user == self.verified.username => {
                         return End::Revoked;
                     }
-                    Ok(Revoked::Token(_) | Revoked::User(_)) => {}
+                    Ok(Revoked::Roles(user)) if user == self.verified.username => {
+                        return End::RolesChanged;
+                    }
+                    Ok(Revoked::Token(_) | Revoked::User(_) | Revoked::Roles(_)) => {}
                     Ok(Revoked::Any) | Err(RecvError::Lagged(_)) => recheck = true,
                     // The sender lives in the store this lease holds.
                     Err(RecvError::Closed) => return End::Unchecked,

@@ -10,6 +10,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::accept;
 use crate::request::scope::Scope;
 use crate::store::backup::{self, BackupError};
+use crate::store::token::TokenDigest;
 use crate::store::{Store, StoreError, TokenInfo, User};
 
 pub const SOCKET_NAME: &str = "admin.sock";
@@ -50,6 +52,10 @@ pub enum Op {
         name: String,
         disabled: bool,
     },
+    UserRoles {
+        name: String,
+        roles: Vec<String>,
+    },
     UserList,
     UserExists {
         name: String,
@@ -70,6 +76,14 @@ pub enum Op {
     },
     TokenRevokeUser {
         name: String,
+    },
+    /// By the token's whole digest (hex), for `token revoke --secret`.
+    TokenRevokeDigest {
+        digest: String,
+    },
+    ThrottleList,
+    ThrottleUnban {
+        who: String,
     },
     /// Absolute paths, resolved by the CLI.
     Backup {
@@ -160,9 +174,21 @@ pub enum Reply {
     Entries {
         count: usize,
     },
+    Bans {
+        bans: Vec<BanView>,
+    },
     Failed {
         message: String,
     },
+}
+
+/// A login ban as `throttle list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BanView {
+    /// An address or a username.
+    pub who: String,
+    /// Unix seconds.
+    pub until: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,12 +197,49 @@ pub enum OpError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Backup(#[from] BackupError),
+    #[error(
+        "no `tokengate serve` is running on this store: login bans live in a running gateway's memory (and end with it), so there are none"
+    )]
+    NotServing,
+    #[error("nothing to unban: no failed logins or ban are recorded for `{0}`")]
+    NotBanned(String),
 }
 
-/// Runs `op` against `store`. Both the server and a CLI holding the store
-/// itself call this, so the two paths cannot drift apart.
-pub fn execute(store: &Store, op: Op) -> Result<Reply, OpError> {
+/// What the serving process knows beside the store: the login bans it
+/// holds in memory. The login throttle provides it.
+pub trait Bans: Send + Sync {
+    /// Who is banned and for how many more seconds, longest first.
+    fn list(&self) -> Vec<(String, u64)>;
+    /// Forgets `who`'s (an address or a username) failures and ban;
+    /// `false` when nothing was recorded.
+    fn lift(&self, who: &str) -> bool;
+}
+
+/// Runs `op` against `store`, and `bans` when a server runs. Both the
+/// server and a CLI holding the store itself call this, so the two paths
+/// cannot drift apart.
+pub fn execute(store: &Store, bans: Option<&dyn Bans>, op: Op) -> Result<Reply, OpError> {
     Ok(match op {
+        Op::ThrottleList => {
+            let bans = bans.ok_or(OpError::NotServing)?;
+            let now = crate::store::now();
+            Reply::Bans {
+                bans: bans
+                    .list()
+                    .into_iter()
+                    .map(|(who, left)| BanView {
+                        who,
+                        until: now.saturating_add(left),
+                    })
+                    .collect(),
+            }
+        }
+        Op::ThrottleUnban { who } => {
+            if !bans.ok_or(OpError::NotServing)?.lift(&who) {
+                return Err(OpError::NotBanned(who));
+            }
+            Reply::Done
+        }
         Op::UserAdd {
             name,
             roles,
@@ -198,6 +261,10 @@ pub fn execute(store: &Store, op: Op) -> Result<Reply, OpError> {
         }
         Op::UserSetDisabled { name, disabled } => {
             store.set_disabled(&name, disabled)?;
+            Reply::Done
+        }
+        Op::UserRoles { name, roles } => {
+            store.set_roles(&name, roles)?;
             Reply::Done
         }
         Op::UserList => Reply::Users {
@@ -240,6 +307,14 @@ pub fn execute(store: &Store, op: Op) -> Result<Reply, OpError> {
         },
         Op::TokenRevoke { id } => {
             store.revoke_id(&id)?;
+            Reply::Revoked { count: 1 }
+        }
+        Op::TokenRevokeDigest { digest } => {
+            let digest = TokenDigest::from_hex(&digest)
+                .ok_or_else(|| StoreError::UnknownToken("(malformed digest)".into()))?;
+            if !store.revoke(&digest)? {
+                return Err(StoreError::UnknownToken(digest.id()).into());
+            }
             Reply::Revoked { count: 1 }
         }
         Op::TokenRevokeUser { name } => Reply::Revoked {
@@ -317,7 +392,7 @@ pub fn bind(store_path: &Path) -> Result<Bound, ControlError> {
 }
 
 /// Serves the admin channel until the listener is dropped with the task.
-pub async fn serve(listener: UnixListener, store: Store) {
+pub async fn serve(listener: UnixListener, store: Store, bans: Arc<dyn Bans>) {
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     loop {
         let (stream, _) = accept::next(&listener, |e| {
@@ -333,15 +408,16 @@ pub async fn serve(listener: UnixListener, store: Store) {
             continue;
         }
         let store = store.clone();
+        let bans = bans.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, store).await {
+            if let Err(e) = handle(stream, store, bans).await {
                 tracing::warn!(error = %e, "admin channel request failed");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, store: Store) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, store: Store, bans: Arc<dyn Bans>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE));
@@ -358,7 +434,8 @@ async fn handle(stream: UnixStream, store: Store) -> std::io::Result<()> {
         },
         Ok(op) => {
             let summary = op_summary(&op);
-            let result = tokio::task::spawn_blocking(move || execute(&store, op)).await;
+            let result =
+                tokio::task::spawn_blocking(move || execute(&store, Some(&*bans), op)).await;
             match result {
                 Ok(Ok(reply)) => {
                     tracing::info!(op = %summary, "admin channel: done");
@@ -393,12 +470,21 @@ fn op_summary(op: &Op) -> String {
                 if *disabled { "disable" } else { "enable" }
             )
         }
+        Op::UserRoles { name, .. } => format!("user roles {name}"),
+        Op::ThrottleList => "throttle list".into(),
+        Op::ThrottleUnban { who } => format!("throttle unban {who}"),
         Op::UserList => "user list".into(),
         Op::UserExists { name } => format!("user lookup {name}"),
         Op::TokenIssue { name, .. } => format!("token issue {name}"),
         Op::TokenList { .. } => "token list".into(),
         Op::TokenRevoke { id } => format!("token revoke {id}"),
         Op::TokenRevokeUser { name } => format!("token revoke --user {name}"),
+        Op::TokenRevokeDigest { digest } => {
+            format!(
+                "token revoke --secret (id {})",
+                digest.get(..16).unwrap_or("")
+            )
+        }
         Op::Backup { path } => format!("backup {}", path.display()),
         Op::Restore { path } => format!("restore {}", path.display()),
     }
@@ -427,7 +513,7 @@ impl Backend {
 
     pub fn run(&self, op: Op) -> Result<Reply, BackendError> {
         match self {
-            Backend::Local(store) => Ok(execute(store, op)?),
+            Backend::Local(store) => Ok(execute(store, None, op)?),
             Backend::Remote(socket) => {
                 let reply = call(socket, &op)?;
                 match reply {
@@ -492,12 +578,29 @@ mod tests {
         }
     }
 
+    /// The serving process's bans: one address banned for a minute.
+    struct OneBan(std::sync::Mutex<bool>);
+
+    impl Bans for OneBan {
+        fn list(&self) -> Vec<(String, u64)> {
+            match *self.0.lock().unwrap() {
+                true => vec![("203.0.113.9".into(), 60)],
+                false => Vec::new(),
+            }
+        }
+
+        fn lift(&self, who: &str) -> bool {
+            who == "203.0.113.9" && std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
     fn serve_store() -> Served {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = Store::open(&path).unwrap();
         let bound = bind(&path).unwrap();
-        let task = tokio::spawn(super::serve(bound.listener, store));
+        let bans = Arc::new(OneBan(std::sync::Mutex::new(true)));
+        let task = tokio::spawn(super::serve(bound.listener, store, bans));
         Served {
             _dir: dir,
             path,
@@ -620,5 +723,30 @@ mod tests {
         assert_eq!(dir_mode, 0o700);
         drop(served);
         assert!(!socket.exists(), "the socket file outlived its server");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bans_are_the_serving_process_and_the_store_alone_has_none() {
+        let served = serve_store();
+        let Reply::Bans { bans } = remote(&served.path, Op::ThrottleList).await.unwrap() else {
+            panic!("not a ban list");
+        };
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].who, "203.0.113.9");
+        assert!(bans[0].until > crate::store::now());
+        let unban = |who: &str| Op::ThrottleUnban { who: who.into() };
+        let e = remote(&served.path, unban("198.51.100.1"))
+            .await
+            .expect_err("not banned");
+        assert!(e.to_string().contains("nothing to unban"), "{e}");
+        remote(&served.path, unban("203.0.113.9")).await.unwrap();
+
+        // With no server, the CLI opens the store itself: no bans to see.
+        let (_dir, store) = crate::store::temporary();
+        let e = execute(&store, None, Op::ThrottleList).expect_err("no server");
+        assert!(
+            e.to_string().contains("no `tokengate serve` is running"),
+            "{e}"
+        );
     }
 }

@@ -215,8 +215,17 @@ pub enum Revoked {
     /// Every token of this user: a new epoch (password, disable, enable,
     /// `token revoke --user`) or the user removed.
     User(Arc<str>),
+    /// This user's roles changed: their tokens live on, but what was
+    /// authorized under the old roles (a tunnel) is not any more.
+    Roles(Arc<str>),
     /// The store was reopened after a failed write: any token may have ended.
     Any,
+}
+
+/// Whether a user write ends the user's tokens (a new epoch).
+enum EndTokens {
+    Yes,
+    No,
 }
 
 /// Revocations a listener may fall behind by before it is told to recheck.
@@ -692,17 +701,34 @@ impl Store {
         name: &str,
         change: impl Fn(&mut User),
     ) -> Result<(), StoreError> {
-        self.write_user_and_end_tokens(name, change)?;
+        self.write_user(name, change, EndTokens::Yes)?;
         self.announce(Revoked::User(Arc::from(name)));
         Ok(())
     }
 
-    fn write_user_and_end_tokens(
+    /// Replaces a user's roles. Their tokens stay live and carry the new
+    /// roles from the next request (the write moves the generation, so no
+    /// cached check outlives it); open tunnels, authorized under the old
+    /// roles, are told to close.
+    pub fn set_roles(&self, name: &str, roles: Vec<String>) -> Result<(), StoreError> {
+        for role in &roles {
+            validate_role(role)?;
+        }
+        self.write_user(name, |u| u.roles = roles.clone(), EndTokens::No)?;
+        self.announce(Revoked::Roles(Arc::from(name)));
+        Ok(())
+    }
+
+    fn write_user(
         &self,
         name: &str,
         change: impl Fn(&mut User),
+        end_tokens: EndTokens,
     ) -> Result<(), StoreError> {
-        let epoch = random_u64()?;
+        let epoch = match end_tokens {
+            EndTokens::Yes => Some(random_u64()?),
+            EndTokens::No => None,
+        };
         self.ready_for_write()?;
         let _gate = self.writing();
         let h = self.handles()?;
@@ -716,15 +742,20 @@ impl Store {
                     Err(e) => return abort(e.into()),
                 };
                 change(&mut user);
-                user.epoch = epoch;
+                if let Some(epoch) = epoch {
+                    user.epoch = epoch;
+                }
                 match serde_json::to_vec(&user) {
                     Ok(bytes) => users.insert(name.as_bytes(), bytes)?,
                     Err(e) => return abort(e.into()),
                 };
                 Ok(())
             }))
-            // The new epoch already ends the tokens; this only reclaims space.
-            .and_then(|()| h.delete_tokens_of(name))
+            // A new epoch already ends the tokens; this only reclaims space.
+            .and_then(|()| match epoch {
+                Some(_) => h.delete_tokens_of(name),
+                None => Ok(()),
+            })
             .and_then(|()| h.flush()),
         )
     }

@@ -102,6 +102,23 @@ impl TokenDigest {
         self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The whole digest in hex: how the CLI names a token it holds the
+    /// secret of to a server, without sending the secret.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
     /// Parses an id back to the digest prefix it names.
     pub fn parse_id(id: &str) -> Option<[u8; 8]> {
         if id.len() != 16 {
