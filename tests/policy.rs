@@ -510,3 +510,78 @@ async fn http2_host_header_contradicting_authority_gets_400() {
     );
     gw.stop().await;
 }
+
+async fn call(addr: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>) -> Reply {
+    let mut b = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Token {t}"));
+    }
+    send(addr, b.body(Bytes::new()).unwrap()).await
+}
+
+#[tokio::test]
+async fn a_rule_with_methods_guards_only_those_methods() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(
+        up.addr,
+        "[[rules]]\npath = \"/orders/**\"\nmethods = [\"post\", \"DELETE\"]\nroles = [\"clerk\"]\n",
+    )
+    .await;
+    gw.add_user("vic", "pw", &["viewer"]);
+    gw.add_user("cat", "pw", &["clerk"]);
+    let viewer = gw.login("vic", "pw").await;
+    let clerk = gw.login("cat", "pw").await;
+    for (method, token, want) in [
+        ("GET", &viewer, 200),
+        ("PUT", &viewer, 200),
+        ("POST", &viewer, 403),
+        ("DELETE", &viewer, 403),
+        ("POST", &clerk, 200),
+        ("DELETE", &clerk, 200),
+    ] {
+        let r = call(gw.addr, method, "/orders/7", Some(token)).await;
+        assert_eq!(r.status, want, "{method} as {token}");
+        if want == 403 {
+            assert_eq!(r.json(), forbidden());
+        }
+    }
+    gw.stop().await;
+}
+
+#[test]
+fn rule_methods_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    for (methods, says) in [
+        ("[]", "at least one method"),
+        ("[\"GE T\"]", "not a method"),
+        ("[\"\"]", "not a method"),
+    ] {
+        let text = config_text(
+            "http://127.0.0.1:9",
+            &format!("[[rules]]\npath = \"/a\"\nmethods = {methods}\nroles = [\"r\"]\n"),
+        );
+        std::fs::write(&path, &text).unwrap();
+        let e = tokengate::config::Config::load(&path, |_| None).unwrap_err().to_string();
+        assert!(e.contains("rules[0].methods") && e.contains(says), "{methods}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_valid_token_on_a_public_path_names_its_caller_and_an_invalid_one_is_ignored() {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, "public = [\"/open/**\"]").await;
+    gw.add_user("ann", "pw", &["ops"]);
+    let token = gw.login("ann", "pw").await;
+    let named = call(gw.addr, "GET", "/open/x", Some(&token)).await.seen();
+    assert_eq!(named.header("x-auth-user"), Some("ann"));
+    assert_eq!(named.header("x-auth-roles"), Some("ops"));
+    let bogus = format!("{}x", &token[..token.len() - 1]);
+    for token in [Some(bogus.as_str()), Some("garbage"), None] {
+        let r = call(gw.addr, "GET", "/open/x", token).await;
+        let seen = r.seen();
+        assert!(seen.header("x-auth-user").is_none(), "{token:?}: {:?}", seen.headers);
+        assert!(seen.header("authorization").is_none(), "the credential is never forwarded");
+    }
+    gw.stop().await;
+}

@@ -201,6 +201,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub path: PathPattern,
+    /// `None`: the rule applies to every method.
+    pub methods: Option<Vec<http::Method>>,
     pub roles: Vec<String>,
 }
 

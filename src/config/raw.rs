@@ -177,6 +177,8 @@ impl Default for RawLog {
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub path: Spanned<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<Spanned<String>>>,
     pub roles: Vec<Spanned<String>>,
 }
 

@@ -498,9 +498,33 @@ impl<'a> Validator<'a> {
                     "must list at least one role; a path any user may reach needs no rule".into(),
                 );
             }
+            let methods = match &rule.methods {
+                None => Some(None),
+                Some(list) if list.is_empty() => {
+                    self.problem(
+                        &format!("rules[{i}].methods"),
+                        &rule.path,
+                        "must list at least one method, or be left out to cover every method"
+                            .into(),
+                    );
+                    None
+                }
+                Some(list) => {
+                    let key = format!("rules[{i}].methods");
+                    let parsed: Vec<Option<http::Method>> = list
+                        .iter()
+                        .map(|m| self.parse(&key, m, |m| rule_method(m)))
+                        .collect();
+                    parsed.into_iter().collect::<Option<Vec<_>>>().map(Some)
+                }
+            };
             let roles: Vec<String> = rule.roles.iter().map(|r| r.get_ref().clone()).collect();
-            match (path, rules.as_mut()) {
-                (Some(path), Some(list)) if !roles.is_empty() => list.push(Rule { path, roles }),
+            match (path, methods, rules.as_mut()) {
+                (Some(path), Some(methods), Some(list)) if !roles.is_empty() => list.push(Rule {
+                    path,
+                    methods,
+                    roles,
+                }),
                 _ => rules = None,
             }
         }
@@ -512,6 +536,19 @@ impl Argon2Params {
     pub fn to_argon2(self) -> Result<argon2::Params, String> {
         argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)
             .map_err(|e| format!("invalid argon2 parameters: {e}"))
+    }
+}
+
+/// A method name as requests carry it (upper case), for `[[rules]] methods`.
+fn rule_method(text: &str) -> Result<http::Method, String> {
+    let upper = text.to_ascii_uppercase();
+    match http::Method::from_bytes(upper.as_bytes()) {
+        Ok(method) if !upper.is_empty() && upper.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Ok(method)
+        }
+        _ => Err(format!(
+            "`{text}` is not a method such as \"GET\" or \"DELETE\""
+        )),
     }
 }
 

@@ -298,7 +298,15 @@ impl Gateway {
             && (auth.public_upgrades || tunnel::requested(req).is_none());
         let caller = if public {
             self.metrics.auth(AuthOutcome::Public);
-            None
+            // Optional there: a valid token (in scope) names its caller to
+            // the upstream; anything else is as if no token were sent.
+            let caller = auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
+                .ok()
+                .filter(|v| policy::in_scope(v.scopes.as_deref(), req.method(), path));
+            if let Some(verified) = &caller {
+                outcome.user = Some(verified.username.clone());
+            }
+            caller
         } else {
             let verified =
                 auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
@@ -309,7 +317,7 @@ impl Gateway {
                         })
                     })?;
             outcome.user = Some(verified.username.clone());
-            policy::authorize(&s.config.rules, path, &verified.identity)
+            policy::authorize(&s.config.rules, req.method(), path, &verified.identity)
                 .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
             if !policy::in_scope(verified.scopes.as_deref(), req.method(), path) {
                 self.metrics.auth(AuthOutcome::Forbidden);
