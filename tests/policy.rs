@@ -562,8 +562,13 @@ fn rule_methods_are_checked_at_load() {
             &format!("[[rules]]\npath = \"/a\"\nmethods = {methods}\nroles = [\"r\"]\n"),
         );
         std::fs::write(&path, &text).unwrap();
-        let e = tokengate::config::Config::load(&path, |_| None).unwrap_err().to_string();
-        assert!(e.contains("rules[0].methods") && e.contains(says), "{methods}: {e}");
+        let e = tokengate::config::Config::load(&path, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rules[0].methods") && e.contains(says),
+            "{methods}: {e}"
+        );
     }
 }
 
@@ -580,8 +585,15 @@ async fn a_valid_token_on_a_public_path_names_its_caller_and_an_invalid_one_is_i
     for token in [Some(bogus.as_str()), Some("garbage"), None] {
         let r = call(gw.addr, "GET", "/open/x", token).await;
         let seen = r.seen();
-        assert!(seen.header("x-auth-user").is_none(), "{token:?}: {:?}", seen.headers);
-        assert!(seen.header("authorization").is_none(), "the credential is never forwarded");
+        assert!(
+            seen.header("x-auth-user").is_none(),
+            "{token:?}: {:?}",
+            seen.headers
+        );
+        assert!(
+            seen.header("authorization").is_none(),
+            "the credential is never forwarded"
+        );
     }
     gw.stop().await;
 }

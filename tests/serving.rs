@@ -125,17 +125,38 @@ async fn tls_serves_http1_and_http2_by_alpn() {
 #[tokio::test]
 async fn plain_http_is_refused_on_a_tls_listener() {
     let up = echo_upstream().await;
-    let (gw, _reload) = Gateway::start_text(&tls_config(up.addr), |dir| {
-        write_cert(dir);
-    })
-    .await;
+    let mut der = Vec::new();
+    let (gw, _reload) =
+        Gateway::start_text(&tls_config(up.addr), |dir| der = write_cert(dir)).await;
     let reply = raw(
         gw.addr,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         Duration::from_secs(2),
     )
     .await;
-    assert!(!reply.contains("HTTP/1.1 200"), "{reply}");
+    // A plain answer a plain client can read, saying what to do.
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+    assert!(reply.contains("content-type: text/plain"), "{reply}");
+    assert!(
+        reply.ends_with("this port speaks HTTPS; send the request with https://\n"),
+        "{reply}"
+    );
+    // TLS clients are served as before.
+    let tls = tls_connect(gw.addr, &der, &[b"http/1.1"]).await;
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = h1
+        .send_request(
+            Request::get("/x")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     gw.stop().await;
 }
 

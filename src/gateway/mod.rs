@@ -300,9 +300,10 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Public);
             // Optional there: a valid token (in scope) names its caller to
             // the upstream; anything else is as if no token were sent.
-            let caller = auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
-                .ok()
-                .filter(|v| policy::in_scope(v.scopes.as_deref(), req.method(), path));
+            let caller =
+                auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
+                    .ok()
+                    .filter(|v| policy::in_scope(v.scopes.as_deref(), req.method(), path));
             if let Some(verified) = &caller {
                 outcome.user = Some(verified.username.clone());
             }

@@ -332,9 +332,24 @@ async fn serve_tls(
     gateway: Arc<Gateway>,
     mut watcher: Stop,
 ) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let first = tokio::select! {
+        biased;
+        first = tokio::time::timeout_at(deadline, first_byte(&stream)) => first,
+        _ = watcher.changed() => return,
+    };
+    match first {
+        // A TLS record starts with its content type (22 for a handshake);
+        // an HTTP request with a method's first capital letter.
+        Ok(Ok(Some(byte))) if byte.is_ascii_uppercase() => {
+            return plain_http_refused(stream, addr).await;
+        }
+        Ok(Ok(Some(_))) => {}
+        Ok(Ok(None) | Err(_)) | Err(_) => return,
+    }
     let handshake = tokio::select! {
         biased;
-        handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
+        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
         _ = watcher.changed() => return,
     };
     match handshake {
@@ -350,6 +365,35 @@ async fn serve_tls(
         Ok(Err(e)) => tracing::debug!(client = %addr.ip(), error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(client = %addr.ip(), "TLS handshake timed out"),
     }
+}
+
+/// The first byte a client sent, peeked (left for the TLS handshake to
+/// read); `None` when it closed without sending any.
+async fn first_byte(stream: &TcpStream) -> std::io::Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    let n = stream.peek(&mut byte).await?;
+    Ok((n == 1).then_some(byte[0]))
+}
+
+/// Plain HTTP on a TLS listener: a plain-text 400 that says so, as nginx
+/// answers, rather than a TLS alert a client shows as garbage.
+async fn plain_http_refused(mut stream: TcpStream, addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "400 Bad Request: this port speaks HTTPS; send the request with https://\n";
+    tracing::debug!(client = %addr.ip(), "plain HTTP sent to the TLS listener");
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let answer = async {
+        // Read what the request sent so far: closing with unread bytes
+        // would reset the connection before the client reads the answer.
+        let mut scratch = [0u8; 8192];
+        let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut scratch)).await;
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
 }
 
 /// Drives a pinned connection to its end; once `stop` fires, asks it to
