@@ -164,6 +164,8 @@ pub struct AuthConfig {
     pub token_ttl: Option<Duration>,
     pub login_path: String,
     pub logout_path: String,
+    /// The check-only endpoint for a proxy in front (forward auth).
+    pub forward_auth_path: Option<String>,
     pub public: Vec<PathPattern>,
     /// Whether upgrades on public paths are tunneled without a token.
     pub public_upgrades: bool,

@@ -111,6 +111,8 @@ pub struct RawAuth {
     pub token_ttl: Spanned<String>,
     pub login_path: Spanned<String>,
     pub logout_path: Spanned<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_auth_path: Option<Spanned<String>>,
     pub public: Vec<Spanned<String>>,
     pub public_upgrades: Spanned<bool>,
     pub identity_header: Spanned<String>,
@@ -129,6 +131,7 @@ impl Default for RawAuth {
             token_ttl: s("30d"),
             login_path: s("/login"),
             logout_path: s("/logout"),
+            forward_auth_path: None,
             public: Vec::new(),
             public_upgrades: Spanned::new(0..0, false),
             identity_header: s("X-Auth-User"),

@@ -297,6 +297,24 @@ impl<'a> Validator<'a> {
                 "must differ from auth.login_path".into(),
             );
         }
+        let forward_auth_path = match &r.forward_auth_path {
+            None => Some(None),
+            Some(p) => self
+                .parse("auth.forward_auth_path", p, |p| exact_path(p))
+                .map(Some),
+        };
+        if let Some(Some(path)) = &forward_auth_path
+            && [&login_path, &logout_path]
+                .iter()
+                .any(|other| other.as_deref() == Some(path.as_str()))
+            && let Some(at) = &r.forward_auth_path
+        {
+            self.problem(
+                "auth.forward_auth_path",
+                at,
+                "must differ from auth.login_path and auth.logout_path".into(),
+            );
+        }
         let mut public = Some(Vec::new());
         for p in &r.public {
             let parsed = self.parse("auth.public", p, |p| PathPattern::parse(p));
@@ -385,6 +403,7 @@ impl<'a> Validator<'a> {
             token_ttl: token_ttl?,
             login_path: login_path?,
             logout_path: logout_path?,
+            forward_auth_path: forward_auth_path?,
             public: public?,
             public_upgrades: *r.public_upgrades.get_ref(),
             identity_header: identity_header?,

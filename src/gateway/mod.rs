@@ -6,6 +6,7 @@
 //! becomes an HTTP answer.
 
 pub mod forward;
+mod forward_auth;
 pub mod login;
 pub mod policy;
 pub mod request_id;
@@ -205,6 +206,9 @@ impl Gateway {
                 let response = rejection.into_response_with(std::mem::take(req.headers_mut()));
                 Answer::Ready(Some(self.respond(&settings, pending, response)))
             }
+            Ok(Admitted::Answered(response)) => {
+                Answer::Ready(Some(self.respond(&settings, pending, response)))
+            }
             Ok(Admitted::Forward(upgrade)) => {
                 // hyper drops this future when the client leaves before the head.
                 let unanswered = Unanswered(Some(Arc::clone(&self.metrics)));
@@ -291,6 +295,11 @@ impl Gateway {
         }
         if path == auth.logout_path {
             return Ok(Admitted::Local(Local::Logout));
+        }
+        if auth.forward_auth_path.as_deref() == Some(path) {
+            return self
+                .forward_auth(s, req, peer, outcome)
+                .map(Admitted::Answered);
         }
         // A tunnel is not a request: on a public path it still needs a
         // token unless `public_upgrades` says otherwise.
@@ -423,7 +432,10 @@ impl Gateway {
 }
 
 /// What [`Gateway::admit`] lets through, with what the rest needs.
+#[allow(clippy::large_enum_variant)]
 enum Admitted {
+    /// Decided at once with an answer of the gateway's own (forward auth).
+    Answered(Response<Body>),
     /// The request is rewritten for the upstream.
     Forward(Option<Upgrade>),
     Local(Local),

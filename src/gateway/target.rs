@@ -65,7 +65,16 @@ pub fn canonical_path<B>(req: &Request<B>, max_path: usize) -> Result<String, Re
         }
         _ => {}
     }
-    canonicalize(req.uri().path()).map_err(|e| {
+    canonical_uri_path(req.uri(), max_path)
+}
+
+/// The canonical path of `uri`'s path, bounded by `max_path`: what every
+/// decision reads, for a request or for one a proxy describes.
+pub fn canonical_uri_path(uri: &http::Uri, max_path: usize) -> Result<String, Rejection> {
+    if uri.path().len() > max_path {
+        return Err(Rejection::PathTooLong);
+    }
+    canonicalize(uri.path()).map_err(|e| {
         tracing::debug!(reason = %e, "refused request path");
         Rejection::BadRequest("The request path is not allowed.")
     })
