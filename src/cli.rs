@@ -64,6 +64,7 @@ enum Command {
 enum UserCommand {
     /// Add a user
     Add {
+        /// The user's name
         name: String,
         /// A role for `[[rules]]`; repeat for several
         #[arg(long = "role", value_name = "ROLE")]
@@ -78,19 +79,31 @@ enum UserCommand {
     },
     /// Change a user's password (ends all of their tokens)
     Passwd {
+        /// The user's name
         name: String,
+        /// Read the new password from one line of standard input
         #[arg(long)]
         password_stdin: bool,
     },
     /// Remove a user and all of their tokens
-    Remove { name: String },
+    Remove {
+        /// The user's name
+        name: String,
+    },
     /// Disable a user (ends all of their tokens)
-    Disable { name: String },
+    Disable {
+        /// The user's name
+        name: String,
+    },
     /// Enable a disabled user
-    Enable { name: String },
+    Enable {
+        /// The user's name
+        name: String,
+    },
     /// Replace a user's roles (their tokens stay; the new roles apply from
     /// the next request, and their open tunnels close)
     Roles {
+        /// The user's name
         name: String,
         /// The new role; repeat for several; none at all clears them
         #[arg(long = "role", value_name = "ROLE")]
@@ -122,10 +135,13 @@ enum ThrottleCommand {
 enum TokenCommand {
     /// Mint a token without a login; prints it once, alone on the last line
     Issue {
+        /// The user's name
         name: String,
         /// Lifetime such as "90d"; "0s" = never expires [default: auth.token_ttl]
         #[arg(long)]
         ttl: Option<String>,
+        /// A note shown by `token list` (what the token is for), up to 200
+        /// characters
         #[arg(long)]
         label: Option<String>,
         /// Limit the token to requests matching "METHODS PATTERN", e.g.
@@ -257,7 +273,14 @@ fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
         let shutdown = shutdown_signal();
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
         let reloader = reload_on_sighup(config.source.clone(), reload_tx);
-        let store = Store::open(&config.store.path)?;
+        let store = Store::open(&config.store.path).map_err(|e| match e {
+            crate::store::StoreError::Locked { path } => anyhow::anyhow!(
+                "another process holds the store at {} (a `tokengate serve` already running?); stop it first, or give this server its own store.path in {}",
+                path.display(),
+                config.source.display()
+            ),
+            e => e.into(),
+        })?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
@@ -13,14 +13,19 @@ use crate::config::TlsFiles;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}; check server.tls_cert / server.tls_key")]
+    // The cause is in the message, not a source: it would print twice.
+    #[error("cannot read {path} ({key}): {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
+        key: &'static str,
+        cause: String,
     },
-    #[error("{path} holds no PEM certificate (server.tls_cert)")]
+    #[error("no PEM certificate in {path} (server.tls_cert)")]
     NoCertificate { path: PathBuf },
+    #[error(
+        "no private key in {path} (server.tls_key): it must hold a PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY), not a certificate"
+    )]
+    NoKey { path: PathBuf },
     #[error(
         "the certificate and key do not work together: {0}; check that tls_key is the key of tls_cert"
     )]
@@ -29,9 +34,11 @@ pub enum TlsError {
 
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     let certs = load_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Read {
-        path: files.key.clone(),
-        source,
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoKey {
+            path: files.key.clone(),
+        },
+        e => read_error(&files.key, "server.tls_key", e),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -42,11 +49,20 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read_err = |source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
+fn read_error(path: &Path, key: &'static str, e: pem::Error) -> TlsError {
+    let cause = match e {
+        pem::Error::Io(io) => io.to_string(),
+        e => format!("not valid PEM ({e})"),
     };
+    TlsError::Read {
+        path: path.to_path_buf(),
+        key,
+        cause,
+    }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read_err = |e| read_error(path, "server.tls_cert", e);
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(read_err)?
         .collect::<Result<Vec<_>, _>>()
@@ -57,4 +73,42 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         });
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path, cert: &str, key: &str) -> TlsFiles {
+        TlsFiles {
+            cert: dir.join(cert),
+            key: dir.join(key),
+        }
+    }
+
+    #[test]
+    fn a_certificate_given_as_the_key_is_named_for_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), made.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+        assert!(acceptor(&files(dir.path(), "cert.pem", "key.pem")).is_ok());
+        let e = acceptor(&files(dir.path(), "cert.pem", "cert.pem"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("no private key in "), "{e}");
+        assert!(e.contains("cert.pem (server.tls_key)"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_says_so_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = acceptor(&files(dir.path(), "gone.pem", "key.pem"))
+            .err()
+            .unwrap();
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert!(text.contains("gone.pem (server.tls_cert)"), "{text}");
+        assert_eq!(text.matches("No such file").count(), 1, "{text}");
+    }
 }

@@ -149,3 +149,47 @@ async fn bans_are_listed_and_lifted_while_serving() {
     );
     server.stop();
 }
+
+/// A reload warns of a restart-only key only while the file differs from
+/// what runs: setting it back is not a change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_compares_restart_only_keys_with_what_runs() {
+    let up = echo_upstream().await;
+    let env = Env::serving(up.addr, "");
+    let original = std::fs::read_to_string(&env.config).unwrap();
+    let server = Server::start(&env).unwrap();
+    let hup = |text: &str| {
+        std::fs::write(&env.config, text).unwrap();
+        std::process::Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+    };
+    let reloads = |log: &str| log.matches("configuration reloaded").count();
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while reloads(&server.log_text()) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                server.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    hup(&original.replace("[server]\n", "[server]\nmax_connections = 500\n"));
+    wait_for(1);
+    hup(&original);
+    wait_for(2);
+    let log = server.stop_log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("only takes effect after a restart"))
+        .collect::<Vec<_>>();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(
+        warned[0].contains("server.max_connections"),
+        "{}",
+        warned[0]
+    );
+}

@@ -53,6 +53,8 @@ pub struct Gateway {
     throttle: Arc<Throttle>,
     /// Checks of live tokens, trusted until the store next changes.
     tokens: TokenCache,
+    /// The config at start: what keys that need a restart still run with.
+    started: Arc<Config>,
 }
 
 /// What one config produces: replaced at once by a reload.
@@ -126,6 +128,7 @@ impl Gateway {
     ) -> Result<Self, SettingsError> {
         Ok(Self {
             throttle: Arc::new(Throttle::new(config.throttle)),
+            started: config.clone(),
             settings: ArcSwap::from_pointee(Settings::new(config).await?),
             store,
             metrics,
@@ -140,27 +143,23 @@ impl Gateway {
     /// Replaces the config-derived settings at once. On error nothing changes.
     /// Requests go on under the old settings while the new are built.
     pub async fn reload(&self, config: Config) -> Result<(), SettingsError> {
-        // A full Arc: an arc_swap guard is not to be held across an await.
-        let old = self.settings.load_full();
+        // Compared with what runs: the config the process started with,
+        // not the last file read, whose restart-only keys never applied.
+        let old = &self.started;
         for (what, changed) in [
-            (
-                "server.listen",
-                old.config.server.listen != config.server.listen,
-            ),
-            ("store.path", old.config.store.path != config.store.path),
+            ("server.listen", old.server.listen != config.server.listen),
+            ("store.path", old.store.path != config.store.path),
             (
                 "server.max_connections",
-                old.config.server.max_connections != config.server.max_connections,
+                old.server.max_connections != config.server.max_connections,
             ),
             (
                 "admin.listen",
-                old.config.admin.as_ref().map(|a| a.listen)
-                    != config.admin.as_ref().map(|a| a.listen),
+                old.admin.as_ref().map(|a| a.listen) != config.admin.as_ref().map(|a| a.listen),
             ),
             (
                 "log",
-                old.config.log.format != config.log.format
-                    || old.config.log.level != config.log.level,
+                old.log.format != config.log.format || old.log.level != config.log.level,
             ),
         ] {
             if changed {

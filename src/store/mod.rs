@@ -109,7 +109,7 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "the store at {path} is in use by another process (a running `tokengate serve`?); stop it or run this command through it"
+        "the store at {path} is in use by another process (a running `tokengate serve`?); stop it, or let the command reach it through its admin socket (run it as the same user)"
     )]
     Locked { path: PathBuf },
     #[error(
