@@ -793,3 +793,33 @@ fn a_store_owned_by_another_user_is_refused() {
         stderr(&out)
     );
 }
+
+/// The newcomer's file: five mistakes of every kind, all in one run of
+/// `check`, each with its line and full dotted key.
+#[test]
+fn check_lists_five_mistakes_in_one_run() {
+    let cli = Env::nested("http://127.0.0.1:9");
+    std::fs::write(
+        &cli.config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_conections = 5\n\n\
+         [upstream]\nurl = \"http://127.0.0.1:9\"\ntimout = \"5s\"\nconnect_timeout = 5\n\n\
+         [auth]\ntoken_ttl = \"forever\"\n\n[[rules]]\npath = \"admin/**\"\nroles = [\"admin\"]\n",
+    )
+    .unwrap();
+    let out = cli.run(&["check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("(5 problems)"), "{err}");
+    for (line, key) in [
+        (3, "server.max_conections"),
+        (7, "upstream.timout"),
+        (8, "upstream.connect_timeout"),
+        (11, "auth.token_ttl"),
+        (14, "rules[0].path"),
+    ] {
+        assert!(
+            err.contains(&format!(":{line}: key `{key}`")),
+            "{key} at {line}: {err}"
+        );
+    }
+}

@@ -341,14 +341,24 @@ impl Config {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let raw = parse_raw(text, path, env)?;
+        let parsed = parse_raw(text, path, env)?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        Validator::new(text)
-            .validate(raw, path, &base)
-            .map_err(|problems| ConfigError::Invalid {
+        let mut problems = parsed.problems;
+        match Validator::new(&parsed.text).validate(parsed.raw, path, &base) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 problems,
-            })
+            }),
+            Err(more) => {
+                problems.extend(more);
+                problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+                Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    problems,
+                })
+            }
+        }
     }
 
     /// The effective configuration as TOML: every key, defaults filled in and
@@ -358,8 +368,14 @@ impl Config {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<String, ConfigError> {
-        let raw = parse_raw(text, path, env)?;
-        toml::to_string(&raw).map_err(|e| ConfigError::Invalid {
+        let parsed = parse_raw(text, path, env)?;
+        if !parsed.problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems: parsed.problems,
+            });
+        }
+        toml::to_string(&parsed.raw).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             problems: vec![Problem {
                 line: None,
@@ -370,46 +386,158 @@ impl Config {
     }
 }
 
+/// The file as serde read it, with the problems found on the way and the
+/// text it was finally read from.
+struct Parsed {
+    raw: RawConfig,
+    problems: Vec<Problem>,
+    /// The file with the lines of those problems blanked (same offsets).
+    text: String,
+}
+
+/// At most this many keys are blanked and read again; past it, the file
+/// is too far from a config for more to help.
+const MAX_PARSE_PROBLEMS: usize = 64;
+
+/// toml stops at the first unknown key or wrong type. Each such key's
+/// lines are blanked (spaces, so every offset and line number stays) and
+/// the file read again, so one run reports every one of them.
 fn parse_raw(
     text: &str,
     path: &Path,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<RawConfig, ConfigError> {
-    let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        problems: vec![Problem {
-            line: e.span().map(|span| line_of(text, span.start)),
-            key: key_from_toml_error(text, &e),
+) -> Result<Parsed, ConfigError> {
+    let mut text = text.to_owned();
+    let mut problems = Vec::new();
+    let mut raw: RawConfig = loop {
+        let e = match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => break raw,
+            Err(e) => e,
+        };
+        let span = e.span();
+        problems.push(Problem {
+            line: span.as_ref().map(|span| line_of(&text, span.start)),
+            key: dotted_key(&text, &e),
             message: e.message().trim().to_owned(),
-        }],
-    })?;
+        });
+        // A syntax error cannot be stepped over: the rest may mean anything.
+        let syntax = text.parse::<toml::Table>().is_err();
+        let lines = span
+            .filter(|_| !syntax)
+            .and_then(|span| blankable(&text, span));
+        match lines {
+            Some(range) if problems.len() < MAX_PARSE_PROBLEMS => {
+                text.replace_range(range.clone(), &blank(&text[range]));
+            }
+            _ => {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    problems,
+                });
+            }
+        }
+    };
     for over in ENV_OVERRIDES {
         if let Some(value) = env(over.var) {
             // Spans of 0..0 mark values that did not come from the file.
             *(over.value)(&mut raw) = Spanned::new(0..0, value);
         }
     }
-    Ok(raw)
+    Ok(Parsed {
+        raw,
+        problems,
+        text,
+    })
 }
 
-/// The key on the line a toml error points at, e.g. `timeout` in `timeout = 5`.
-fn key_from_toml_error(text: &str, e: &toml::de::Error) -> String {
-    if let Some(rest) = e.message().split('`').nth(1)
-        && e.message().starts_with("unknown field")
-    {
-        return rest.to_owned();
-    }
-    let Some(span) = e.span() else {
-        return "(whole file)".into();
-    };
+/// The byte range to blank for an error at `span`: the whole lines of a
+/// `key = value` it falls in, or a whole table (header to the next one)
+/// when it points at a header. `None` for anything else (a syntax error).
+fn blankable(text: &str, span: std::ops::Range<usize>) -> Option<std::ops::Range<usize>> {
     let start = text[..span.start.min(text.len())]
         .rfind('\n')
         .map_or(0, |i| i + 1);
-    let line = text[start..].lines().next().unwrap_or("");
-    match line.split_once('=') {
-        Some((key, _)) => key.trim().to_owned(),
-        None => line.trim().to_owned(),
+    let end = text[span.end.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |i| span.end + i);
+    let first = text[start..end].lines().next().unwrap_or("").trim_start();
+    if first.starts_with('[') {
+        // The table's own lines too: left, they would land in the table above.
+        let rest = &text[end..];
+        let next = rest
+            .match_indices('\n')
+            .map(|(i, _)| end + i + 1)
+            .find(|&at| text[at..].trim_start().starts_with('['))
+            .unwrap_or(text.len());
+        return Some(start..next);
     }
+    first.contains('=').then_some(start..end)
+}
+
+fn blank(text: &str) -> String {
+    text.chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect()
+}
+
+/// The full dotted key a toml error points at: `upstream.timeout`,
+/// `rules[1].roles`, or a table's name for an unknown table.
+fn dotted_key(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "(whole file)".into();
+    };
+    let at = span.start.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let unknown = e
+        .message()
+        .starts_with("unknown field")
+        .then(|| e.message().split('`').nth(1))
+        .flatten();
+    if let Some(header) = line.strip_prefix('[') {
+        // An unknown table: its own name.
+        let name = header.trim_matches(|c| c == '[' || c == ']' || c == ' ');
+        return unknown.unwrap_or(name).to_owned();
+    }
+    let key = match unknown {
+        Some(name) => name.to_owned(),
+        None => line
+            .split_once('=')
+            .map_or(line, |(k, _)| k)
+            .trim()
+            .to_owned(),
+    };
+    match table_at(&text[..line_start]) {
+        Some(table) => format!("{table}.{key}"),
+        None => key,
+    }
+}
+
+/// The table that `before` (the text above a line) leaves open:
+/// `upstream`, or `rules[2]` for the third `[[rules]]`.
+fn table_at(before: &str) -> Option<String> {
+    let headers: Vec<&str> = before
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('['))
+        .collect();
+    let last = *headers.last()?;
+    if let Some(name) = last.strip_prefix("[[") {
+        let name = name.trim_end_matches(']').trim();
+        let index = headers
+            .iter()
+            .filter(|h| {
+                h.strip_prefix("[[")
+                    .is_some_and(|n| n.trim_end_matches(']').trim() == name)
+            })
+            .count()
+            - 1;
+        return Some(format!("{name}[{index}]"));
+    }
+    Some(
+        last.trim_matches(|c| c == '[' || c == ']' || c == ' ')
+            .to_owned(),
+    )
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -464,7 +592,7 @@ mod tests {
         let p = problems("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n");
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, Some(3));
-        assert_eq!(p[0].key, "listen_port");
+        assert_eq!(p[0].key, "server.listen_port");
     }
 
     #[test]
@@ -511,7 +639,31 @@ mod tests {
     fn wrong_type_names_key_and_line() {
         let p = problems("[upstream]\n\ntimeout = 5\n");
         assert_eq!(p[0].line, Some(3));
-        assert_eq!(p[0].key, "timeout");
+        assert_eq!(p[0].key, "upstream.timeout");
+    }
+
+    /// Unknown keys and wrong types used to stop the parse at the first.
+    #[test]
+    fn unknown_keys_wrong_types_and_bad_values_all_in_one_run() {
+        let p = problems(
+            "[server]\nmax_conections = 5\n[upstream]\ntimout = \"5s\"\ntimeout = 5\n[auth]\ntoken_ttl = \"forever\"\n[upstreem]\nurl = \"x\"\n[[rules]]\npath = \"/a\"\nroles = [\"r\"]\n[[rules]]\npath = \"a\"\nroles = [\"r\"]\nbogus = 1\n",
+        );
+        let keys: Vec<_> = p.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("server.max_conections", Some(2)),
+                ("upstream.timout", Some(4)),
+                ("upstream.timeout", Some(5)),
+                ("auth.token_ttl", Some(7)),
+                ("upstreem", Some(8)),
+                ("rules[1].path", Some(14)),
+                ("rules[1].bogus", Some(16)),
+            ]
+        );
+        // A syntax error still stops there: what follows may mean anything.
+        let p = problems("[server]\nlisten = \n[upstream]\ntimout = 1\n");
+        assert_eq!(p.len(), 1, "{p:?}");
     }
 
     #[test]
@@ -525,8 +677,8 @@ mod tests {
             [
                 ("server.listen", Some(2)),
                 ("upstream.timeout", Some(4)),
-                ("auth.token_ttl", Some(7)),
                 ("auth.public", Some(6)),
+                ("auth.token_ttl", Some(7)),
             ]
         );
         let shown = load("[server]\nlisten = \"nowhere\"\n")
