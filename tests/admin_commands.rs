@@ -86,7 +86,7 @@ async fn a_leaked_token_is_revoked_by_its_secret() {
     let again = env.run_stdin(&["token", "revoke", "--secret"], &format!("{leaked}\n"));
     assert!(!again.status.success(), "revoked twice");
     assert!(stderr(&again).contains("no token"), "{}", stderr(&again));
-    let mangled = format!("{}x", &kept[..kept.len() - 1]);
+    let mangled = mangled(&kept);
     let bad = env.run_stdin(&["token", "revoke", "--secret"], &mangled);
     assert!(!bad.status.success());
     assert!(

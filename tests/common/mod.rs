@@ -467,6 +467,12 @@ pub async fn recording_echo_upstream() -> (EchoUpstream, Arc<std::sync::Mutex<Ve
     (EchoUpstream { addr, _stop: stop }, seen)
 }
 
+/// `token` with its last character changed, so its checksum fails.
+pub fn mangled(token: &str) -> String {
+    let (head, last) = token.split_at(token.len() - 1);
+    format!("{head}{}", if last == "a" { "b" } else { "a" })
+}
+
 /// An address on 127.0.0.1 where nothing listens (bound, then released).
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
