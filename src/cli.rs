@@ -1,8 +1,9 @@
 //! The `tokengate` command line: flags parsed by clap, then handed to the
 //! library. `main` only prints the error chain and sets the exit code.
 
-use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -54,6 +55,9 @@ enum Command {
     /// See and lift login bans (held by the running gateway)
     #[command(subcommand)]
     Throttle(ThrottleCommand),
+    /// Bring users, passwords and tokens in from another system
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Write a consistent snapshot of the store to FILE (server running or not)
     Backup { file: PathBuf },
     /// Load a snapshot into an empty store
@@ -113,6 +117,16 @@ enum UserCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Users, groups, passwords and DRF/knox tokens from `python manage.py
+    /// dumpdata auth.group auth.user authtoken.token knox.authtoken`
+    Django {
+        /// The dumpdata JSON file; `-` reads standard input
+        file: PathBuf,
     },
 }
 
@@ -224,6 +238,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Throttle(cmd) => {
             let config = Config::load(&path, env)?;
             throttle(&config, cmd)
+        }
+        Command::Import(ImportCommand::Django { file }) => {
+            let config = Config::load(&path, env)?;
+            import_django(&config, &file)
         }
         Command::Backup { file } => {
             let config = Config::load(&path, env)?;
@@ -546,6 +564,146 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {
             Reply::Users { users } => print_users(&users, json)?,
             other => bail!("unexpected reply from the server: {other:?}"),
         },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import_django(config: &Config, file: &Path) -> anyhow::Result<ExitCode> {
+    let text = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the dumpdata from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let plan = crate::import::plan(&text)?;
+    let backend = backend(config)?;
+    let mut added: Vec<String> = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    let mut disabled = 0;
+    let mut dropped_roles: Vec<String> = Vec::new();
+    for user in &plan.users {
+        if let Err(e) = crate::store::validate_username(&user.username) {
+            refused.push(format!("{}: {e}", user.username));
+            continue;
+        }
+        match backend.run(Op::UserExists {
+            name: user.username.clone(),
+        })? {
+            Reply::Exists { exists: true, .. } => {
+                kept.push(user.username.clone());
+                continue;
+            }
+            Reply::Exists { .. } => {}
+            other => bail!("unexpected reply from the server: {other:?}"),
+        }
+        let roles: Vec<String> = user
+            .roles
+            .iter()
+            .filter(|r| {
+                let ok = crate::store::validate_role(r).is_ok();
+                if !ok {
+                    dropped_roles.push(format!("{} of {}", r, user.username));
+                }
+                ok
+            })
+            .cloned()
+            .collect();
+        backend.run(Op::UserAdd {
+            name: user.username.clone(),
+            roles,
+            password_hash: user.password_hash.clone(),
+        })?;
+        added.push(user.username.clone());
+    }
+    let mut tokens: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut tokens_of_kept = 0;
+    for token in &plan.tokens {
+        // A name already in the store may be someone else: their tokens
+        // are not given the Django user's.
+        if !added.contains(&token.username) {
+            tokens_of_kept += 1;
+            continue;
+        }
+        let reply = backend.run(Op::TokenImport {
+            name: token.username.clone(),
+            digest: token.digest.to_hex(),
+            created_at: token.created_at,
+            expires_at: token.expires_at,
+            label: token.label.to_owned(),
+        })?;
+        if let Reply::Exists { exists: false, .. } = reply {
+            *tokens.entry(token.label).or_default() += 1;
+        }
+    }
+    // Last: disabling ends the user's tokens, as Django refuses an inactive
+    // user's.
+    for user in plan.users.iter().filter(|u| !u.active) {
+        if added.contains(&user.username) {
+            backend.run(Op::UserSetDisabled {
+                name: user.username.clone(),
+                disabled: true,
+            })?;
+            disabled += 1;
+        }
+    }
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "imported {} user(s) ({disabled} disabled) and {} token(s) ({} django, {} knox)",
+        added.len(),
+        tokens.values().sum::<usize>(),
+        tokens.get("django").unwrap_or(&0),
+        tokens.get("knox").unwrap_or(&0),
+    )?;
+    if !kept.is_empty() {
+        writeln!(
+            err,
+            "kept {} user(s) already in the store, unchanged, and did not import their {tokens_of_kept} token(s): {}",
+            kept.len(),
+            kept.join(", ")
+        )?;
+    }
+    let unusable: Vec<String> = plan
+        .users
+        .iter()
+        .filter(|u| added.contains(&u.username))
+        .filter_map(|u| {
+            u.unusable
+                .as_ref()
+                .map(|why| format!("{} ({why})", u.username))
+        })
+        .collect();
+    if !unusable.is_empty() {
+        writeln!(
+            err,
+            "{} user(s) imported without a usable password (set one with `tokengate user passwd NAME`): {}",
+            unusable.len(),
+            unusable.join(", ")
+        )?;
+    }
+    for (what, list) in [
+        ("users refused", &refused),
+        (
+            "group names that are not valid roles, left out",
+            &dropped_roles,
+        ),
+        ("entries skipped", &plan.skipped),
+    ] {
+        if !list.is_empty() {
+            writeln!(err, "{what}: {}", list.join("; "))?;
+        }
+    }
+    if !plan.ignored.is_empty() {
+        let ignored: Vec<String> = plan
+            .ignored
+            .iter()
+            .map(|(model, n)| format!("{model} ({n})"))
+            .collect();
+        writeln!(err, "models ignored: {}", ignored.join(", "))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -33,6 +33,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod import;
 pub mod observe;
 pub mod request;
 pub mod server;

@@ -3,6 +3,7 @@
 //! valid checksum reaches the store.
 
 pub mod cache;
+pub mod django;
 pub mod password;
 pub mod throttle;
 
@@ -47,7 +48,9 @@ pub fn credential(headers: &HeaderMap, schemes: &[String]) -> Credential {
         return Credential::Missing;
     }
     match (words.next(), words.next()) {
-        (Some(key), None) => Token::digest_of(key).map_or(Credential::Malformed, Credential::Token),
+        (Some(key), None) => Token::digest_of(key)
+            .or_else(|| Token::django_digest_of(key))
+            .map_or(Credential::Malformed, Credential::Token),
         _ => Credential::Malformed,
     }
 }

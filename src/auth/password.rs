@@ -13,6 +13,7 @@ use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Version};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::django::{self, DjangoHash};
 use crate::config::Argon2Params;
 
 /// Longest password accepted when one is set: argon2 cost grows with input.
@@ -184,8 +185,9 @@ impl Hasher {
             .await?
     }
 
-    /// Verifies `password` against `stored`, or against the dummy hash when
-    /// there is no stored hash, so both cases take the same time.
+    /// Verifies `password` against `stored` (the gateway's argon2id, or a
+    /// hash imported from Django), or against the dummy hash when there is
+    /// no stored hash, so both cases take the same time.
     pub async fn verify(&self, password: &Password, stored: Option<&str>) -> bool {
         let known = stored.is_some();
         let hash: Arc<str> = stored.map_or_else(|| self.dummy.clone(), Arc::from);
@@ -194,9 +196,11 @@ impl Hasher {
         let ok = self
             .pool
             .run(permit, move || {
-                Argon2::default()
-                    .verify_password(password.expose().as_bytes(), &*hash)
-                    .is_ok()
+                let password = password.expose().as_bytes();
+                if django::is_django(&hash) {
+                    return DjangoHash::parse(&hash).is_ok_and(|h| h.verify(password));
+                }
+                Argon2::default().verify_password(password, &*hash).is_ok()
             })
             .await
             .unwrap_or(false);

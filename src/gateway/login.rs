@@ -12,10 +12,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode;
 
+use crate::auth::django::{self, DjangoHash};
 use crate::auth::password::{Hasher, Password};
 use crate::auth::throttle::Throttle;
 use crate::gateway::response::{self, Body, LoginRejection, Rejection};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, User};
 
 /// The credentials a login body carried.
 #[derive(Debug)]
@@ -92,11 +93,14 @@ impl Login<'_> {
                 return Err(Rejection::StoreUnavailable);
             }
         };
-        // Always verify, even for an unknown user, so timing reveals nothing.
-        let verified = self
-            .hasher
-            .verify(&form.password, user.as_ref().and_then(|u| u.password()))
-            .await;
+        // Always verify, even for an unknown user, so timing reveals nothing;
+        // a hash that cannot be verified (an imported one past the cost
+        // limits) is checked like an unknown user's.
+        let stored = user
+            .as_ref()
+            .and_then(|u| u.password())
+            .filter(|h| !django::is_django(h) || DjangoHash::parse(h).is_ok());
+        let verified = self.hasher.verify(&form.password, stored).await;
         let user = match user {
             Some(user) if verified && !user.disabled => user,
             _ => {
@@ -108,6 +112,9 @@ impl Login<'_> {
             }
         };
         attempt.succeed();
+        if django::is_django(&user.password_hash) {
+            self.rehash(&user, &form.password, &username).await;
+        }
 
         let store = self.store.clone();
         let ttl = self.token_ttl;
@@ -314,6 +321,33 @@ impl<'de> serde::Deserialize<'de> for Entries {
             }
         }
         d.deserialize_map(Visitor)
+    }
+}
+
+impl Login<'_> {
+    /// Replaces an imported Django hash with the gateway's own argon2id,
+    /// now that the password is known to be right. A failure is logged and
+    /// the login goes on: the old hash still verifies.
+    async fn rehash(&self, user: &User, password: &Password, username: &str) {
+        let new = match self.hasher.hash(password).await {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::warn!(user = %username, error = %e, "rehashing an imported password failed");
+                return;
+            }
+        };
+        let store = self.store.clone();
+        let (name, old) = (user.username.clone(), user.password_hash.clone());
+        match tokio::task::spawn_blocking(move || store.rehash_password(&name, &old, new)).await {
+            Ok(Ok(true)) => {
+                tracing::info!(user = %username, "imported password rehashed with argon2id")
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(user = %username, error = %e, "storing a rehashed password failed")
+            }
+            Err(e) => tracing::warn!(user = %username, error = %e, "rehash task failed"),
+        }
     }
 }
 

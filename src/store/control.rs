@@ -81,6 +81,14 @@ pub enum Op {
     TokenRevokeDigest {
         digest: String,
     },
+    /// A token imported from Django (DRF or knox), by its digest (hex).
+    TokenImport {
+        name: String,
+        digest: String,
+        created_at: u64,
+        expires_at: Option<u64>,
+        label: String,
+    },
     ThrottleList,
     ThrottleUnban {
         who: String,
@@ -220,6 +228,21 @@ pub trait Bans: Send + Sync {
 /// cannot drift apart.
 pub fn execute(store: &Store, bans: Option<&dyn Bans>, op: Op) -> Result<Reply, OpError> {
     Ok(match op {
+        Op::TokenImport {
+            name,
+            digest,
+            created_at,
+            expires_at,
+            label,
+        } => {
+            let digest = TokenDigest::from_hex(&digest)
+                .ok_or_else(|| StoreError::UnknownToken("(malformed digest)".into()))?;
+            let inserted = store.import_token(&name, &digest, created_at, expires_at, &label)?;
+            Reply::Exists {
+                exists: !inserted,
+                disabled: false,
+            }
+        }
         Op::ThrottleList => {
             let bans = bans.ok_or(OpError::NotServing)?;
             let now = crate::store::now();
@@ -471,6 +494,7 @@ fn op_summary(op: &Op) -> String {
             )
         }
         Op::UserRoles { name, .. } => format!("user roles {name}"),
+        Op::TokenImport { name, label, .. } => format!("import {label} token of {name}"),
         Op::ThrottleList => "throttle list".into(),
         Op::ThrottleUnban { who } => format!("throttle unban {who}"),
         Op::UserList => "user list".into(),

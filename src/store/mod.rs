@@ -719,6 +719,25 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a user's password hash with `new` if it is still `old`,
+    /// without ending their tokens: the same password, hashed the
+    /// gateway's way (an imported Django hash, at the first login).
+    /// `false` when the hash changed meanwhile.
+    pub fn rehash_password(&self, name: &str, old: &str, new: String) -> Result<bool, StoreError> {
+        let replaced = std::sync::atomic::AtomicBool::new(false);
+        self.write_user(
+            name,
+            |u| {
+                if u.password_hash == old {
+                    u.password_hash = new.clone();
+                    replaced.store(true, Ordering::Relaxed);
+                }
+            },
+            EndTokens::No,
+        )?;
+        Ok(replaced.load(Ordering::Relaxed))
+    }
+
     fn write_user(
         &self,
         name: &str,
@@ -847,6 +866,59 @@ impl Store {
             .and_then(|()| h.flush()),
         )?;
         Ok((token, record))
+    }
+
+    /// Stores a token imported from elsewhere (Django's DRF and knox) under
+    /// its digest, for `name` at their current epoch, unless that digest is
+    /// already stored: importing twice changes nothing. `false` then.
+    pub fn import_token(
+        &self,
+        name: &str,
+        digest: &TokenDigest,
+        created_at: u64,
+        expires_at: Option<u64>,
+        label: &str,
+    ) -> Result<bool, StoreError> {
+        self.ready_for_write()?;
+        let _gate = self.writing();
+        let h = self.handles()?;
+        let inserted = std::sync::atomic::AtomicBool::new(false);
+        self.wrote(
+            unwrap_tx((&h.users, &h.tokens, &h.user_tokens).transaction(
+                |(users, tokens, user_tokens)| {
+                    let user = match users.get(name.as_bytes())? {
+                        Some(b) => match serde_json::from_slice::<User>(&b) {
+                            Ok(u) => u,
+                            Err(e) => return abort(e.into()),
+                        },
+                        None => return abort(StoreError::UnknownUser(name.to_owned())),
+                    };
+                    if tokens.get(&digest.0[..])?.is_some() {
+                        inserted.store(false, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    let record = TokenRecord {
+                        user: user.username.clone(),
+                        epoch: user.epoch,
+                        created_at,
+                        expires_at,
+                        label: Some(label.to_owned()),
+                        last_used_at: None,
+                        scopes: Vec::new(),
+                    };
+                    let bytes = match serde_json::to_vec(&record) {
+                        Ok(b) => b,
+                        Err(e) => return abort(e.into()),
+                    };
+                    tokens.insert(&digest.0[..], bytes)?;
+                    user_tokens.insert(user_token_key(name, digest), &[][..])?;
+                    inserted.store(true, Ordering::Relaxed);
+                    Ok(())
+                },
+            ))
+            .and_then(|()| h.flush()),
+        )?;
+        Ok(inserted.load(Ordering::Relaxed))
     }
 
     /// The identity behind a token, if the token is live: known, unexpired,

@@ -55,6 +55,23 @@ impl Token {
         Self::well_formed(text).then(|| digest(text))
     }
 
+    /// The digest a token imported from Django is stored under, when
+    /// `text` has the shape of one: a DRF key (40 hex digits) by its
+    /// SHA-256, a django-rest-knox token (an optional prefix of up to 10
+    /// characters, then 64 hex digits) by the first half of the SHA-512
+    /// knox keeps. Exact match only: there is no checksum to check first.
+    pub fn django_digest_of(text: &str) -> Option<TokenDigest> {
+        let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+        if text.len() == DRF_KEY_LEN && hex(text) {
+            return Some(digest(text));
+        }
+        let knox = text.len() >= KNOX_TOKEN_LEN
+            && text.len() <= KNOX_TOKEN_LEN + KNOX_MAX_PREFIX
+            && text.is_char_boundary(text.len() - KNOX_TOKEN_LEN)
+            && hex(&text[text.len() - KNOX_TOKEN_LEN..]);
+        knox.then(|| knox_digest(&sha2::Sha512::digest(text.as_bytes())))
+    }
+
     fn well_formed(text: &str) -> bool {
         if text.len() != TOKEN_LEN || !text.starts_with(PREFIX) {
             return false;
@@ -78,6 +95,21 @@ impl Token {
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// A DRF key: 40 hex digits.
+const DRF_KEY_LEN: usize = 40;
+/// A knox token after its prefix: 64 hex digits.
+const KNOX_TOKEN_LEN: usize = 64;
+/// knox's MAXIMUM_TOKEN_PREFIX_LENGTH.
+const KNOX_MAX_PREFIX: usize = 10;
+
+/// What a knox token is stored under: the first 32 bytes of the SHA-512
+/// knox computed (its `digest` column, in hex, at import).
+pub fn knox_digest(sha512: &[u8]) -> TokenDigest {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&sha512[..32]);
+    TokenDigest(key)
 }
 
 fn digest(token: &str) -> TokenDigest {

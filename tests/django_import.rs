@@ -1,0 +1,224 @@
+//! `tokengate import django` on what a real Django (with DRF and
+//! django-rest-knox) dumps: tests/django/make_dump.py builds the site in a
+//! virtualenv that .ci/run makes and names in TOKENGATE_TEST_DJANGO_PYTHON.
+//! Without it the test says so and passes, except under CI (`CI=true`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::binary::{Env, Server, stderr};
+use common::*;
+
+/// The virtualenv's python, or why the test cannot run.
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("TOKENGATE_TEST_DJANGO_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            let why = "TOKENGATE_TEST_DJANGO_PYTHON names no python with Django, DRF and knox (.ci/run makes one)";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+/// The Django site's dumps and the secrets its clients hold.
+fn django_site(python: &Path, dir: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/django/make_dump.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make_dump.py: {}", stderr(&out));
+    serde_json::from_str(&std::fs::read_to_string(dir.join("secrets.json")).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_django_site_moves_in_with_its_passwords_and_tokens() {
+    let Some(python) = python() else {
+        return;
+    };
+    let up = echo_upstream().await;
+    // Every user tries a wrong password too: no bans in the way.
+    let env = Env::serving(up.addr, "\n[throttle]\nenabled = false\n");
+    let site = tempfile::tempdir().unwrap();
+    let secrets = django_site(&python, site.path());
+    let dump = site.path().join("dump.json");
+
+    // A user of the same name is already here: left as it is.
+    env.add_user("root", "the gateway's own root");
+    let out = env.run(&["import", "django", dump.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stderr(&out);
+    assert!(
+        report.contains("imported 9 user(s) (1 disabled)"),
+        "{report}"
+    );
+    assert!(report.contains("2 django, 3 knox"), "{report}");
+    assert!(
+        report.contains("kept 1 user(s)") && report.contains("root"),
+        "{report}"
+    );
+    assert!(
+        report.contains("nopw") && report.contains("oldsha"),
+        "{report}"
+    );
+    assert!(report.contains("algorithm `sha1`"), "{report}");
+
+    let users = env.json(&["user", "list", "--json"]);
+    let user = |name: &str| {
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {users}"))
+            .clone()
+    };
+    assert_eq!(
+        user("ann")["roles"],
+        serde_json::json!(["finance", "staff"])
+    );
+    assert_eq!(user("gone")["disabled"], true);
+    assert_eq!(user("nopw")["password"], false);
+    assert_eq!(
+        user("root")["roles"],
+        serde_json::json!([]),
+        "kept unchanged"
+    );
+    let tokens = env.json(&["token", "list", "--json"]);
+    let mut labels: Vec<&str> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["label"].as_str().unwrap())
+        .collect();
+    labels.sort();
+    // gone's DRF token ended when gone was disabled; root's knox token
+    // stayed behind with the Django root.
+    assert_eq!(labels, ["django", "knox", "knox", "knox"]);
+
+    let server = Server::start(&env).unwrap();
+    // Every Django hasher's password logs in, and is then the gateway's.
+    for (name, password) in secrets["passwords"].as_object().unwrap() {
+        let r = send(
+            server.addr,
+            common::binary::login_request(name, password.as_str().unwrap()),
+        )
+        .await;
+        let want = match name.as_str() {
+            "gone" => 401,
+            "root" => 401, // the gateway's own root has another password
+            _ => 200,
+        };
+        assert_eq!(r.status, want, "{name}: {}", r.text());
+        let wrong = send(server.addr, common::binary::login_request(name, "not it")).await;
+        assert_eq!(wrong.status, 401, "{name}");
+    }
+    let r = send(server.addr, common::binary::login_request("nopw", "")).await;
+    assert!(r.status == 400 || r.status == 401);
+
+    let token = |kind: &str, which: &str| secrets[kind][which].as_str().unwrap().to_owned();
+    let seen = get(server.addr, "/x", Some(&token("django", "ann")))
+        .await
+        .seen();
+    assert_eq!(seen.header("x-auth-user"), Some("ann"));
+    for which in ["plain", "expiring"] {
+        let seen = get(server.addr, "/x", Some(&token("knox", which)))
+            .await
+            .seen();
+        assert_eq!(seen.header("x-auth-user"), Some("ann"), "knox {which}");
+    }
+    // root's knox token belongs to the Django root, not to ours: not imported.
+    assert_eq!(
+        get(server.addr, "/x", Some(&token("knox", "prefixed")))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(server.addr, "/x", Some(&token("knox", "expired")))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(server.addr, "/x", Some(&token("django", "gone")))
+            .await
+            .status,
+        401
+    );
+    // Exact match only: a near miss is refused.
+    let near = mangled(&token("django", "ann"));
+    assert_eq!(get(server.addr, "/x", Some(&near)).await.status, 401);
+
+    // Revoked like any token.
+    let listed = env.json(&["token", "list", "--user", "ann", "--json"]);
+    let drf = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "django")
+        .unwrap();
+    env.ok(&["token", "revoke", drf["id"].as_str().unwrap()]);
+    assert_eq!(
+        get(server.addr, "/x", Some(&token("django", "ann")))
+            .await
+            .status,
+        401
+    );
+
+    // The same site again, with natural keys, through the running server:
+    // everyone is kept, nothing changes.
+    let natural = site.path().join("dump_natural.json");
+    let again = env.run(&["import", "django", natural.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let report = stderr(&again);
+    assert!(report.contains("imported 0 user(s)"), "{report}");
+    assert!(report.contains("kept 10 user(s)"), "{report}");
+    assert!(report.contains("contenttypes.contenttype"), "{report}");
+    assert!(server.stop().success());
+
+    // The first logins replaced Django's hashes with argon2id.
+    let store = tokengate::store::Store::open(&env.store_path()).unwrap();
+    for name in [
+        "u_pbkdf2_sha256",
+        "u_pbkdf2_sha1",
+        "u_argon2",
+        "u_bcrypt_sha256",
+        "u_scrypt",
+        "ann",
+    ] {
+        let hash = store.user(name).unwrap().unwrap().password_hash;
+        assert!(hash.starts_with("$argon2id$"), "{name}: {hash}");
+    }
+    // And the rehash kept the user's tokens.
+    let seen_tokens = store.tokens(Some("ann")).unwrap();
+    assert!(
+        seen_tokens
+            .iter()
+            .any(|t| t.record.label.as_deref() == Some("knox"))
+    );
+}
+
+#[test]
+fn a_file_that_is_not_dumpdata_is_refused_and_changes_nothing() {
+    let env = Env::serving(closed_port(), "");
+    let file = env.dir.path().join("users.csv");
+    std::fs::write(&file, "ann,secret\n").unwrap();
+    let out = env.run(&["import", "django", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("dumpdata"), "{}", stderr(&out));
+    let out = env.run_stdin(
+        &["import", "django", "-"],
+        "[{\"model\": \"auth.user\", \"fields\": {}}]",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("imported 0 user(s)"),
+        "{}",
+        stderr(&out)
+    );
+}
