@@ -1,7 +1,6 @@
 //! The `tokengate` command line: flags parsed by clap, then handed to the
 //! library. `main` only prints the error chain and sets the exit code.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -578,103 +577,53 @@ fn import_django(config: &Config, file: &Path) -> anyhow::Result<ExitCode> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
+    // Every entry checked before anything is written.
     let plan = crate::import::plan(&text)?;
     let backend = backend(config)?;
-    let mut added: Vec<String> = Vec::new();
-    let mut kept: Vec<String> = Vec::new();
-    let mut refused: Vec<String> = Vec::new();
-    let mut disabled = 0;
-    let mut dropped_roles: Vec<String> = Vec::new();
-    for user in &plan.users {
-        if let Err(e) = crate::store::validate_username(&user.username) {
-            refused.push(format!("{}: {e}", user.username));
-            continue;
-        }
-        match backend.run(Op::UserExists {
-            name: user.username.clone(),
-        })? {
-            Reply::Exists { exists: true, .. } => {
-                kept.push(user.username.clone());
-                continue;
-            }
-            Reply::Exists { .. } => {}
-            other => bail!("unexpected reply from the server: {other:?}"),
-        }
-        let roles: Vec<String> = user
-            .roles
-            .iter()
-            .filter(|r| {
-                let ok = crate::store::validate_role(r).is_ok();
-                if !ok {
-                    dropped_roles.push(format!("{} of {}", r, user.username));
-                }
-                ok
-            })
-            .cloned()
-            .collect();
-        backend.run(Op::UserAdd {
-            name: user.username.clone(),
-            roles,
-            password_hash: user.password_hash.clone(),
-        })?;
-        added.push(user.username.clone());
-    }
-    let mut tokens: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut tokens_of_kept = 0;
-    for token in &plan.tokens {
-        // A name already in the store may be someone else: their tokens
-        // are not given the Django user's.
-        if !added.contains(&token.username) {
-            tokens_of_kept += 1;
-            continue;
-        }
-        let reply = backend.run(Op::TokenImport {
-            name: token.username.clone(),
-            digest: token.digest.to_hex(),
-            created_at: token.created_at,
-            expires_at: token.expires_at,
-            label: token.label.to_owned(),
-        })?;
-        if let Reply::Exists { exists: false, .. } = reply {
-            *tokens.entry(token.label).or_default() += 1;
-        }
-    }
-    // Last: disabling ends the user's tokens, as Django refuses an inactive
-    // user's.
-    for user in plan.users.iter().filter(|u| !u.active) {
-        if added.contains(&user.username) {
-            backend.run(Op::UserSetDisabled {
-                name: user.username.clone(),
-                disabled: true,
-            })?;
-            disabled += 1;
-        }
-    }
+    let reply = backend.run(Op::Import {
+        users: plan.users.iter().map(|u| u.user.clone()).collect(),
+        tokens: plan.tokens.clone(),
+    })?;
+    let Reply::Imported(done) = reply else {
+        bail!("unexpected reply from the server: {reply:?}");
+    };
     let mut err = std::io::stderr().lock();
+    let disabled = plan
+        .users
+        .iter()
+        .filter(|u| u.user.disabled && done.added.contains(&u.user.username))
+        .count();
+    let count = |label: &str| done.tokens.get(label).copied().unwrap_or(0);
     writeln!(
         err,
         "imported {} user(s) ({disabled} disabled) and {} token(s) ({} django, {} knox)",
-        added.len(),
-        tokens.values().sum::<usize>(),
-        tokens.get("django").unwrap_or(&0),
-        tokens.get("knox").unwrap_or(&0),
+        done.added.len(),
+        count("django") + count("knox"),
+        count("django"),
+        count("knox"),
     )?;
-    if !kept.is_empty() {
+    if !done.kept.is_empty() {
+        let left = plan
+            .tokens
+            .iter()
+            .filter(|t| done.kept.contains(&t.username))
+            .count();
         writeln!(
             err,
-            "kept {} user(s) already in the store, unchanged, and did not import their {tokens_of_kept} token(s): {}",
-            kept.len(),
-            kept.join(", ")
+            "kept {} user(s) already in the store, unchanged, and did not import their {left} token(s): {}",
+            done.kept.len(),
+            done.kept.join(", ")
         )?;
     }
+    let added = |u: &&crate::import::ImportUser| done.added.contains(&u.user.username);
     let unusable: Vec<String> = plan
         .users
         .iter()
-        .filter(|u| added.contains(&u.username))
+        .filter(added)
         .filter_map(|u| {
             u.unusable
                 .as_ref()
-                .map(|why| format!("{} ({why})", u.username))
+                .map(|why| format!("{} ({why})", u.user.username))
         })
         .collect();
     if !unusable.is_empty() {
@@ -685,17 +634,22 @@ fn import_django(config: &Config, file: &Path) -> anyhow::Result<ExitCode> {
             unusable.join(", ")
         )?;
     }
-    for (what, list) in [
-        ("users refused", &refused),
-        (
-            "group names that are not valid roles, left out",
-            &dropped_roles,
-        ),
-        ("entries skipped", &plan.skipped),
-    ] {
-        if !list.is_empty() {
-            writeln!(err, "{what}: {}", list.join("; "))?;
-        }
+    let dropped: Vec<String> = plan
+        .users
+        .iter()
+        .filter(added)
+        .flat_map(|u| {
+            u.dropped_roles
+                .iter()
+                .map(move |r| format!("{r} of {}", u.user.username))
+        })
+        .collect();
+    if !dropped.is_empty() {
+        writeln!(
+            err,
+            "group names that are not valid roles, left out: {}",
+            dropped.join(", ")
+        )?;
     }
     if !plan.ignored.is_empty() {
         let ignored: Vec<String> = plan

@@ -8,43 +8,26 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use crate::auth::django::DjangoHash;
-use crate::store::token::{Token, TokenDigest, knox_digest};
+use crate::store::token::{Token, knox_digest};
+use crate::store::{ImportedToken, ImportedUser};
 
-/// A user to add.
+/// A user read from the file, with what the report says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportUser {
-    pub username: String,
-    /// Django's hash as written, or the unusable `!` when it cannot be
-    /// verified here.
-    pub password_hash: String,
+    pub user: ImportedUser,
     /// Why the password is not usable, for the report.
     pub unusable: Option<String>,
-    /// Group names, then `staff` and `superuser` for the flags.
-    pub roles: Vec<String>,
-    pub active: bool,
+    /// Group names that are not valid roles, left out.
+    pub dropped_roles: Vec<String>,
 }
 
-/// A token to add, by the digest the gateway looks it up by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportToken {
-    pub username: String,
-    pub digest: TokenDigest,
-    /// Unix seconds.
-    pub created_at: u64,
-    pub expires_at: Option<u64>,
-    /// `django` (DRF) or `knox`.
-    pub label: &'static str,
-}
-
-/// Everything the file holds that the gateway takes, and what it left.
+/// Everything the file holds that the gateway takes.
 #[derive(Debug, Default)]
 pub struct Plan {
     pub users: Vec<ImportUser>,
-    pub tokens: Vec<ImportToken>,
+    pub tokens: Vec<ImportedToken>,
     /// Models the import does not read, with how many objects each.
     pub ignored: BTreeMap<String, usize>,
-    /// Objects of a read model that could not be used, and why.
-    pub skipped: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,119 +36,170 @@ pub enum ImportError {
         "not a Django dumpdata file: {0}; write one with `python manage.py dumpdata auth.group auth.user authtoken.token knox.authtoken`"
     )]
     NotDumpdata(String),
+    #[error("entry {index} ({model}): {message}; nothing was imported")]
+    Entry {
+        /// 1-based, in the file's order.
+        index: usize,
+        model: String,
+        message: String,
+    },
 }
 
-/// Reads a dumpdata file: any subset of the four models, with or without
-/// natural keys, any indentation.
+/// Reads a whole dumpdata file (any subset of the four models, with or
+/// without natural keys, any indent) and checks every entry the import
+/// uses: one it cannot use is an error naming the entry, so a bad file
+/// imports nothing.
 pub fn plan(text: &str) -> Result<Plan, ImportError> {
     let objects: Vec<Value> =
         serde_json::from_str(text).map_err(|e| ImportError::NotDumpdata(e.to_string()))?;
     let mut plan = Plan::default();
     let mut groups: HashMap<i64, String> = HashMap::new();
-    // Users by primary key, for tokens that name them by id.
+    // Users by primary key, for tokens and groups that name them by id.
     let mut user_ids: HashMap<i64, String> = HashMap::new();
-    let model = |o: &Value| o["model"].as_str().unwrap_or("").to_owned();
-    for o in &objects {
-        if !o.is_object() || o["model"].as_str().is_none() {
-            return Err(ImportError::NotDumpdata(
-                "an entry without a `model`".into(),
-            ));
-        }
-        if model(o) == "auth.group"
-            && let (Some(pk), Some(name)) = (o["pk"].as_i64(), o["fields"]["name"].as_str())
-        {
-            groups.insert(pk, name.to_owned());
-        }
-    }
-    for o in &objects {
-        let fields = &o["fields"];
-        match model(o).as_str() {
-            "auth.group" => {}
+    let mut usernames: Vec<String> = Vec::new();
+    let entry = |index: usize, model: &str, message: String| ImportError::Entry {
+        index: index + 1,
+        model: model.to_owned(),
+        message,
+    };
+    // Groups and users first: tokens and memberships refer to them.
+    for (i, o) in objects.iter().enumerate() {
+        let Some(model) = o.get("model").and_then(Value::as_str) else {
+            return Err(ImportError::NotDumpdata(format!(
+                "entry {} has no `model`",
+                i + 1
+            )));
+        };
+        let fields = o
+            .get("fields")
+            .filter(|f| f.is_object())
+            .ok_or_else(|| entry(i, model, "no `fields` object".into()))?;
+        match model {
+            "auth.group" => {
+                let name = text_field(fields, "name").map_err(|m| entry(i, model, m))?;
+                if let Some(pk) = o.get("pk").and_then(Value::as_i64) {
+                    groups.insert(pk, name.to_owned());
+                }
+            }
             "auth.user" => {
-                let Some(username) = fields["username"].as_str() else {
-                    plan.skipped.push("an auth.user without a username".into());
-                    continue;
-                };
-                if let Some(pk) = o["pk"].as_i64() {
+                let username = text_field(fields, "username").map_err(|m| entry(i, model, m))?;
+                if let Some(pk) = o.get("pk") {
+                    let pk = pk
+                        .as_i64()
+                        .ok_or_else(|| entry(i, model, "`pk` is not a number".into()))?;
                     user_ids.insert(pk, username.to_owned());
                 }
-                let stored = fields["password"].as_str().unwrap_or("");
+                usernames.push(username.to_owned());
+            }
+            _ => {}
+        }
+    }
+    for (i, o) in objects.iter().enumerate() {
+        let model = o["model"].as_str().unwrap_or_default();
+        let fields = &o["fields"];
+        let fail = |m: String| entry(i, model, m);
+        match model {
+            "auth.group" => {}
+            "auth.user" => {
+                let username = text_field(fields, "username").map_err(fail)?;
+                let stored = match &fields["password"] {
+                    Value::String(p) => p.as_str(),
+                    Value::Null => "",
+                    _ => return Err(fail("`password` is not a string".into())),
+                };
+                let flag = |name: &str, default: bool| match &fields[name] {
+                    Value::Bool(b) => Ok(*b),
+                    Value::Null => Ok(default),
+                    _ => Err(entry(i, model, format!("`{name}` is not true or false"))),
+                };
+                let (active, staff, superuser) = (
+                    flag("is_active", true)?,
+                    flag("is_staff", false)?,
+                    flag("is_superuser", false)?,
+                );
                 let (password_hash, unusable) = match DjangoHash::parse(stored) {
                     Ok(_) => (stored.to_owned(), None),
                     Err(why) => (crate::store::NO_PASSWORD.to_owned(), Some(why.to_string())),
                 };
-                let mut roles: Vec<String> = fields["groups"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|g| match g {
-                        // --natural-foreign: ["name"]
-                        Value::Array(natural) => natural.first()?.as_str().map(str::to_owned),
-                        Value::Number(id) => groups.get(&id.as_i64()?).cloned(),
-                        _ => None,
-                    })
-                    .collect();
-                if fields["is_staff"].as_bool() == Some(true) {
+                let mut roles = Vec::new();
+                match &fields["groups"] {
+                    Value::Null => {}
+                    Value::Array(list) => {
+                        for g in list {
+                            let name = match g {
+                                // --natural-foreign: ["name"]
+                                Value::Array(natural) => natural.first().and_then(Value::as_str),
+                                Value::Number(id) => id
+                                    .as_i64()
+                                    .and_then(|id| groups.get(&id))
+                                    .map(String::as_str),
+                                _ => None,
+                            };
+                            let name = name.ok_or_else(|| {
+                                fail(format!(
+                                    "group {g} is neither a group in the file nor [\"name\"]"
+                                ))
+                            })?;
+                            roles.push(name.to_owned());
+                        }
+                    }
+                    _ => return Err(fail("`groups` is not a list".into())),
+                }
+                if staff {
                     roles.push("staff".into());
                 }
-                if fields["is_superuser"].as_bool() == Some(true) {
+                if superuser {
                     roles.push("superuser".into());
                 }
                 roles.sort();
                 roles.dedup();
+                let (roles, dropped_roles): (Vec<String>, Vec<String>) = roles
+                    .into_iter()
+                    .partition(|r| crate::store::validate_role(r).is_ok());
+                crate::store::validate_username(username).map_err(|e| fail(e.to_string()))?;
                 plan.users.push(ImportUser {
-                    username: username.to_owned(),
-                    password_hash,
+                    user: ImportedUser {
+                        username: username.to_owned(),
+                        password_hash,
+                        roles,
+                        disabled: !active,
+                    },
                     unusable,
-                    roles,
-                    active: fields["is_active"].as_bool().unwrap_or(true),
+                    dropped_roles,
                 });
             }
             "authtoken.token" => {
-                let key = o["pk"].as_str().or_else(|| fields["key"].as_str());
-                let digest = key.and_then(Token::django_digest_of);
-                match (digest, owner(&fields["user"], &user_ids)) {
-                    (Some(digest), Some(username)) if key.is_some_and(|k| k.len() == 40) => {
-                        plan.tokens.push(ImportToken {
-                            username,
-                            digest,
-                            created_at: fields["created"].as_str().and_then(unix).unwrap_or(0),
-                            expires_at: None,
-                            label: "django",
-                        });
-                    }
-                    _ => plan
-                        .skipped
-                        .push("an authtoken.token without a 40-digit key or a known user".into()),
-                }
+                let key = o
+                    .get("pk")
+                    .and_then(Value::as_str)
+                    .or_else(|| fields["key"].as_str())
+                    .filter(|k| k.len() == 40)
+                    .ok_or_else(|| fail("the key is not 40 hex digits".into()))?;
+                let digest = Token::django_digest_of(key)
+                    .ok_or_else(|| fail("the key is not 40 hex digits".into()))?;
+                plan.tokens.push(ImportedToken {
+                    username: owner(&fields["user"], &user_ids, &usernames).map_err(fail)?,
+                    digest,
+                    created_at: time_field(fields, "created").map_err(fail)?.unwrap_or(0),
+                    expires_at: None,
+                    label: "django".into(),
+                });
             }
             "knox.authtoken" => {
-                let digest = o["pk"]
-                    .as_str()
+                let digest = o
+                    .get("pk")
+                    .and_then(Value::as_str)
                     .or_else(|| fields["digest"].as_str())
                     .and_then(hex_bytes)
-                    .filter(|d| d.len() == 64);
-                let expiry = &fields["expiry"];
-                let expires_at = match expiry {
-                    Value::Null => Some(None),
-                    Value::String(at) => unix(at).map(Some),
-                    _ => None,
-                };
-                match (digest, owner(&fields["user"], &user_ids), expires_at) {
-                    (Some(digest), Some(username), Some(expires_at)) => {
-                        plan.tokens.push(ImportToken {
-                            username,
-                            digest: knox_digest(&digest),
-                            created_at: fields["created"].as_str().and_then(unix).unwrap_or(0),
-                            expires_at,
-                            label: "knox",
-                        });
-                    }
-                    _ => plan.skipped.push(
-                        "a knox.authtoken without a SHA-512 digest, a known user or a readable expiry"
-                            .into(),
-                    ),
-                }
+                    .filter(|d| d.len() == 64)
+                    .ok_or_else(|| fail("the digest is not a SHA-512 in hex".into()))?;
+                plan.tokens.push(ImportedToken {
+                    username: owner(&fields["user"], &user_ids, &usernames).map_err(fail)?,
+                    digest: knox_digest(&digest),
+                    created_at: time_field(fields, "created").map_err(fail)?.unwrap_or(0),
+                    expires_at: time_field(fields, "expiry").map_err(fail)?,
+                    label: "knox".into(),
+                });
             }
             other => *plan.ignored.entry(other.to_owned()).or_default() += 1,
         }
@@ -173,13 +207,34 @@ pub fn plan(text: &str) -> Result<Plan, ImportError> {
     Ok(plan)
 }
 
-/// A token's user: an id, or `["username"]` with --natural-foreign.
-fn owner(user: &Value, ids: &HashMap<i64, String>) -> Option<String> {
-    match user {
-        Value::Number(id) => ids.get(&id.as_i64()?).cloned(),
-        Value::Array(natural) => natural.first()?.as_str().map(str::to_owned),
-        _ => None,
+fn text_field<'a>(fields: &'a Value, name: &str) -> Result<&'a str, String> {
+    fields[name]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| format!("`{name}` is missing or not text"))
+}
+
+/// A datetime field as Unix seconds; `None` when null or absent.
+fn time_field(fields: &Value, name: &str) -> Result<Option<u64>, String> {
+    match &fields[name] {
+        Value::Null => Ok(None),
+        Value::String(at) => unix(at)
+            .map(Some)
+            .ok_or_else(|| format!("`{name}` is not a date and time: {at}")),
+        _ => Err(format!("`{name}` is not a date and time")),
     }
+}
+
+/// A token's user: an id, or `["username"]` with --natural-foreign; a
+/// user of this file either way.
+fn owner(user: &Value, ids: &HashMap<i64, String>, names: &[String]) -> Result<String, String> {
+    let name = match user {
+        Value::Number(id) => id.as_i64().and_then(|id| ids.get(&id)).cloned(),
+        Value::Array(natural) => natural.first().and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    };
+    name.filter(|n| names.contains(n))
+        .ok_or_else(|| format!("its user {user} is not a user in the file"))
 }
 
 fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
@@ -246,17 +301,22 @@ mod tests {
         let users: BTreeMap<_, _> = plan
             .users
             .iter()
-            .map(|u| (u.username.as_str(), u))
+            .map(|u| (u.user.username.as_str(), u))
             .collect();
-        assert_eq!(users["ann"].roles, ["finance", "staff"]);
-        assert!(users["ann"].password_hash.starts_with("pbkdf2_sha256$"));
+        assert_eq!(users["ann"].user.roles, ["finance", "staff"]);
+        assert!(
+            users["ann"]
+                .user
+                .password_hash
+                .starts_with("pbkdf2_sha256$")
+        );
         assert!(users["ann"].unusable.is_none());
-        assert!(!users["bob"].active);
-        assert_eq!(users["bob"].password_hash, "!");
-        assert_eq!(users["cy"].roles, ["finance"]);
+        assert!(users["bob"].user.disabled);
+        assert_eq!(users["bob"].user.password_hash, "!");
+        assert_eq!(users["cy"].user.roles, ["finance"]);
         assert!(users["cy"].unusable.as_deref().unwrap().contains("md5"));
         assert_eq!(plan.ignored["contenttypes.contenttype"], 1);
-        assert_eq!(plan.tokens.len(), 3, "{:?}", plan.skipped);
+        assert_eq!(plan.tokens.len(), 3);
         let drf = &plan.tokens[0];
         assert_eq!(drf.username, "ann");
         assert_eq!(drf.label, "django");
@@ -271,6 +331,40 @@ mod tests {
         assert_eq!(knox.label, "knox");
         assert_eq!(Some(knox.digest), Token::django_digest_of(&knox_token));
         assert_eq!(knox.expires_at, Some(1_770_001_445));
+    }
+
+    #[test]
+    fn a_bad_entry_is_named_and_fails_the_whole_file() {
+        let knox = DUMP.replace("PLACEHOLDER", &sha512_hex("x"));
+        for (broken, says) in [
+            (
+                knox.replace("\"is_active\": false", "\"is_active\": \"no\""),
+                "entry 4 (auth.user): `is_active`",
+            ),
+            (
+                knox.replace("\"user\": [\"bob\"]", "\"user\": [\"nobody\"]"),
+                "entry 7 (authtoken.token)",
+            ),
+            (
+                knox.replace("\"groups\": [1]", "\"groups\": [9]"),
+                "entry 3 (auth.user): group 9",
+            ),
+            (
+                knox.replace("2026-02-02T03:04:05Z", "next tuesday"),
+                "entry 8 (knox.authtoken): `expiry`",
+            ),
+            (
+                knox.replace("9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b", "short"),
+                "entry 6 (authtoken.token)",
+            ),
+        ] {
+            let e = plan(&broken).unwrap_err().to_string();
+            assert!(e.starts_with(says), "{says}: {e}");
+            assert!(e.ends_with("nothing was imported"), "{e}");
+        }
+        let truncated = &knox[..knox.len() / 2];
+        let e = plan(truncated).unwrap_err().to_string();
+        assert!(e.contains("line"), "where: {e}");
     }
 
     #[test]

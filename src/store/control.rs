@@ -21,11 +21,13 @@ use crate::accept;
 use crate::request::scope::Scope;
 use crate::store::backup::{self, BackupError};
 use crate::store::token::TokenDigest;
-use crate::store::{Store, StoreError, TokenInfo, User};
+use crate::store::{Imported, ImportedToken, ImportedUser, Store, StoreError, TokenInfo, User};
 
 pub const SOCKET_NAME: &str = "admin.sock";
-/// Longest request line; an op is a few hundred bytes.
-const MAX_LINE: u64 = 64 * 1024;
+/// Longest request line. An op is a few hundred bytes, but an import
+/// carries a whole site's users and tokens in one (one transaction); the
+/// socket is its owner's alone.
+const MAX_LINE: u64 = 64 * 1024 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn socket_path(store_path: &Path) -> PathBuf {
@@ -81,13 +83,10 @@ pub enum Op {
     TokenRevokeDigest {
         digest: String,
     },
-    /// A token imported from Django (DRF or knox), by its digest (hex).
-    TokenImport {
-        name: String,
-        digest: String,
-        created_at: u64,
-        expires_at: Option<u64>,
-        label: String,
+    /// Users and tokens from Django, in one transaction.
+    Import {
+        users: Vec<ImportedUser>,
+        tokens: Vec<ImportedToken>,
     },
     ThrottleList,
     ThrottleUnban {
@@ -185,6 +184,7 @@ pub enum Reply {
     Bans {
         bans: Vec<BanView>,
     },
+    Imported(Imported),
     Failed {
         message: String,
     },
@@ -228,21 +228,7 @@ pub trait Bans: Send + Sync {
 /// cannot drift apart.
 pub fn execute(store: &Store, bans: Option<&dyn Bans>, op: Op) -> Result<Reply, OpError> {
     Ok(match op {
-        Op::TokenImport {
-            name,
-            digest,
-            created_at,
-            expires_at,
-            label,
-        } => {
-            let digest = TokenDigest::from_hex(&digest)
-                .ok_or_else(|| StoreError::UnknownToken("(malformed digest)".into()))?;
-            let inserted = store.import_token(&name, &digest, created_at, expires_at, &label)?;
-            Reply::Exists {
-                exists: !inserted,
-                disabled: false,
-            }
-        }
+        Op::Import { users, tokens } => Reply::Imported(store.import(&users, &tokens)?),
         Op::ThrottleList => {
             let bans = bans.ok_or(OpError::NotServing)?;
             let now = crate::store::now();
@@ -494,7 +480,9 @@ fn op_summary(op: &Op) -> String {
             )
         }
         Op::UserRoles { name, .. } => format!("user roles {name}"),
-        Op::TokenImport { name, label, .. } => format!("import {label} token of {name}"),
+        Op::Import { users, tokens } => {
+            format!("import {} user(s), {} token(s)", users.len(), tokens.len())
+        }
         Op::ThrottleList => "throttle list".into(),
         Op::ThrottleUnban { who } => format!("throttle unban {who}"),
         Op::UserList => "user list".into(),
@@ -721,7 +709,7 @@ mod tests {
         let garbled = raw(&served.path, b"{\"op\":\"user_add\",\n".to_vec()).await;
         assert!(garbled.contains("malformed admin request"), "{garbled}");
         // Read no further than MAX_LINE, then refused (or cut off).
-        let huge = raw(&served.path, vec![b'x'; 2 * MAX_LINE as usize]).await;
+        let huge = raw(&served.path, vec![b'x'; MAX_LINE as usize + 4096]).await;
         assert!(
             huge.is_empty() || huge.contains("malformed admin request"),
             "{huge}"

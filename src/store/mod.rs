@@ -24,6 +24,7 @@ pub mod control;
 pub mod files;
 pub mod token;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,6 +92,37 @@ pub struct TokenRecord {
 
 /// How stale `last_used_at` may get: one store write per token per minute at most.
 pub const LAST_USED_GRANULARITY: u64 = 60;
+
+/// A user to import (from Django): the hash as that system wrote it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportedUser {
+    pub username: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+}
+
+/// A token to import, by the digest it is looked up by.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportedToken {
+    pub username: String,
+    pub digest: TokenDigest,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    /// `django` or `knox`.
+    pub label: String,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Imported {
+    pub added: Vec<String>,
+    /// Usernames already in the store, left unchanged.
+    pub kept: Vec<String>,
+    /// Tokens added, by label.
+    pub tokens: std::collections::BTreeMap<String, usize>,
+}
 
 /// A token as `token list` shows it: never the secret.
 #[derive(Debug, Clone)]
@@ -868,57 +900,96 @@ impl Store {
         Ok((token, record))
     }
 
-    /// Stores a token imported from elsewhere (Django's DRF and knox) under
-    /// its digest, for `name` at their current epoch, unless that digest is
-    /// already stored: importing twice changes nothing. `false` then.
-    pub fn import_token(
+    /// Adds users and their tokens brought in from elsewhere (Django), all
+    /// in one transaction: every new user or none. A username already
+    /// here is kept unchanged and its tokens in `tokens` are not added
+    /// (the name may be someone else's); a token already stored is left
+    /// as it is. So importing the same users twice changes nothing.
+    pub fn import(
         &self,
-        name: &str,
-        digest: &TokenDigest,
-        created_at: u64,
-        expires_at: Option<u64>,
-        label: &str,
-    ) -> Result<bool, StoreError> {
+        users: &[ImportedUser],
+        tokens: &[ImportedToken],
+    ) -> Result<Imported, StoreError> {
+        for user in users {
+            validate_username(&user.username)?;
+            for role in &user.roles {
+                validate_role(role)?;
+            }
+        }
+        // Drawn before the transaction, which may run more than once.
+        let epochs: Vec<u64> = users
+            .iter()
+            .map(|_| random_u64())
+            .collect::<Result<_, _>>()?;
+        let created_at = now();
         self.ready_for_write()?;
         let _gate = self.writing();
         let h = self.handles()?;
-        let inserted = std::sync::atomic::AtomicBool::new(false);
-        self.wrote(
+        let outcome = self.wrote(
             unwrap_tx((&h.users, &h.tokens, &h.user_tokens).transaction(
-                |(users, tokens, user_tokens)| {
-                    let user = match users.get(name.as_bytes())? {
-                        Some(b) => match serde_json::from_slice::<User>(&b) {
-                            Ok(u) => u,
-                            Err(e) => return abort(e.into()),
-                        },
-                        None => return abort(StoreError::UnknownUser(name.to_owned())),
-                    };
-                    if tokens.get(&digest.0[..])?.is_some() {
-                        inserted.store(false, Ordering::Relaxed);
-                        return Ok(());
+                |(users_tree, tokens_tree, user_tokens)| {
+                    let mut done = Imported::default();
+                    let mut added: HashMap<&str, &User> = HashMap::new();
+                    let mut records = Vec::new();
+                    for (user, epoch) in users.iter().zip(&epochs) {
+                        if users_tree.get(user.username.as_bytes())?.is_some()
+                            || added.contains_key(user.username.as_str())
+                        {
+                            done.kept.push(user.username.clone());
+                            continue;
+                        }
+                        records.push(User {
+                            username: user.username.clone(),
+                            password_hash: user.password_hash.clone(),
+                            roles: user.roles.clone(),
+                            disabled: user.disabled,
+                            created_at,
+                            epoch: *epoch,
+                        });
                     }
-                    let record = TokenRecord {
-                        user: user.username.clone(),
-                        epoch: user.epoch,
-                        created_at,
-                        expires_at,
-                        label: Some(label.to_owned()),
-                        last_used_at: None,
-                        scopes: Vec::new(),
-                    };
-                    let bytes = match serde_json::to_vec(&record) {
-                        Ok(b) => b,
-                        Err(e) => return abort(e.into()),
-                    };
-                    tokens.insert(&digest.0[..], bytes)?;
-                    user_tokens.insert(user_token_key(name, digest), &[][..])?;
-                    inserted.store(true, Ordering::Relaxed);
-                    Ok(())
+                    for record in &records {
+                        let bytes = match serde_json::to_vec(record) {
+                            Ok(b) => b,
+                            Err(e) => return abort(e.into()),
+                        };
+                        users_tree.insert(record.username.as_bytes(), bytes)?;
+                        added.insert(record.username.as_str(), record);
+                        done.added.push(record.username.clone());
+                    }
+                    for token in tokens {
+                        // A disabled user's tokens are ended, as Django
+                        // refuses an inactive user's.
+                        let Some(user) = added.get(token.username.as_str()).filter(|u| !u.disabled)
+                        else {
+                            continue;
+                        };
+                        if tokens_tree.get(&token.digest.0[..])?.is_some() {
+                            continue;
+                        }
+                        let record = TokenRecord {
+                            user: user.username.clone(),
+                            epoch: user.epoch,
+                            created_at: token.created_at,
+                            expires_at: token.expires_at,
+                            label: Some(token.label.clone()),
+                            last_used_at: None,
+                            scopes: Vec::new(),
+                        };
+                        let bytes = match serde_json::to_vec(&record) {
+                            Ok(b) => b,
+                            Err(e) => return abort(e.into()),
+                        };
+                        tokens_tree.insert(&token.digest.0[..], bytes)?;
+                        user_tokens
+                            .insert(user_token_key(&user.username, &token.digest), &[][..])?;
+                        *done.tokens.entry(token.label.clone()).or_default() += 1;
+                    }
+                    Ok(done)
                 },
             ))
-            .and_then(|()| h.flush()),
+            .and_then(|done| h.flush().map(|()| done)),
         )?;
-        Ok(inserted.load(Ordering::Relaxed))
+        Ok(outcome)
     }
 
     /// The identity behind a token, if the token is live: known, unexpired,

@@ -20,7 +20,7 @@ pub const TOKEN_LEN: usize = PREFIX.len() + SECRET_LEN + CHECKSUM_LEN;
 pub struct Token(String);
 
 /// What the store keys tokens by. A copy of the store yields no usable token.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TokenDigest(pub [u8; 32]);
 
 impl Token {
