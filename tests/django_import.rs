@@ -240,3 +240,60 @@ fn a_file_that_is_not_dumpdata_is_refused_and_changes_nothing() {
     );
     assert_eq!(env.json(&["user", "list", "--json"]), serde_json::json!([]));
 }
+
+/// The other half of the move: the DRF app behind the gateway reads the
+/// caller from the header the gateway sets, and a client cannot set it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drf_app_behind_the_gateway_reads_the_caller_from_its_header() {
+    let Some(python) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/django/app.py");
+    let mut app = std::process::Command::new(python)
+        .arg(script)
+        .arg(dir.path())
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let app_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(app_addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline && app.try_wait().unwrap().is_none(),
+            "the Django app did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let gw = Gateway::start(app_addr, "").await;
+    gw.add_user("ann", "pw", &[]);
+    let token = gw.login("ann", "pw").await;
+    let whoami = |token: Option<String>, forged: Option<&'static str>| {
+        let mut b = http::Request::get("/whoami").header("host", "127.0.0.1");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Token {t}"));
+        }
+        if let Some(name) = forged {
+            b = b.header("x-auth-user", name).header("x_auth_user", name);
+        }
+        send(gw.addr, b.body(bytes::Bytes::new()).unwrap())
+    };
+    let r = whoami(Some(token.clone()), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["user"], "ann");
+    // A client's own copy (either spelling WSGI reads alike) never arrives.
+    let r = whoami(Some(token), Some("root")).await;
+    assert_eq!(r.json()["user"], "ann");
+    // Without a token the gateway answers; the app never sees the request.
+    assert_eq!(whoami(None, Some("root")).await.status, 401);
+    gw.stop().await;
+    let _ = app.kill();
+    let _ = app.wait();
+}
