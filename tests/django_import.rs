@@ -56,7 +56,7 @@ async fn a_django_site_moves_in_with_its_passwords_and_tokens() {
         report.contains("imported 9 user(s) (1 disabled)"),
         "{report}"
     );
-    assert!(report.contains("1 django, 3 knox"), "{report}");
+    assert!(report.contains("1 django, 4 knox"), "{report}");
     assert!(
         report.contains("kept 1 user(s)") && report.contains("root"),
         "{report}"
@@ -98,7 +98,7 @@ async fn a_django_site_moves_in_with_its_passwords_and_tokens() {
     labels.sort();
     // gone's DRF token ended when gone was disabled; root's knox token
     // stayed behind with the Django root.
-    assert_eq!(labels, ["django", "knox", "knox", "knox"]);
+    assert_eq!(labels, ["django", "knox", "knox", "knox", "knox"]);
 
     let server = Server::start(&env).unwrap();
     // Every Django hasher's password logs in, and is then the gateway's.
@@ -131,9 +131,14 @@ async fn a_django_site_moves_in_with_its_passwords_and_tokens() {
             .seen();
         assert_eq!(seen.header("x-auth-user"), Some("ann"), "knox {which}");
     }
+    // knox's TOKEN_PREFIX is part of the token.
+    let seen = get(server.addr, "/x", Some(&token("knox", "prefixed")))
+        .await
+        .seen();
+    assert_eq!(seen.header("x-auth-user"), Some("u_scrypt"));
     // root's knox token belongs to the Django root, not to ours: not imported.
     assert_eq!(
-        get(server.addr, "/x", Some(&token("knox", "prefixed")))
+        get(server.addr, "/x", Some(&token("knox", "roots")))
             .await
             .status,
         401

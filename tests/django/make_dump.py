@@ -74,7 +74,9 @@ User.objects.create(username="oldsha", password="sha1$salt$0123456789abcdef01234
 secrets["django"]["ann"] = Token.objects.create(user=ann).key
 secrets["django"]["gone"] = Token.objects.create(user=gone).key
 secrets["knox"]["plain"] = AuthToken.objects.create(user=ann, expiry=None)[1]
-secrets["knox"]["prefixed"] = AuthToken.objects.create(user=root, expiry=None, prefix="kx_")[1]
+scrypt_user = User.objects.get(username="u_scrypt")
+secrets["knox"]["prefixed"] = AuthToken.objects.create(user=scrypt_user, expiry=None, prefix="kx_")[1]
+secrets["knox"]["roots"] = AuthToken.objects.create(user=root, expiry=None)[1]
 secrets["knox"]["expiring"] = AuthToken.objects.create(
     user=ann, expiry=datetime.timedelta(days=1)
 )[1]
