@@ -18,6 +18,9 @@ const MAX_BCRYPT_COST: u32 = 16;
 /// scrypt's memory is 128 × n × r bytes: Django's default (n 2^14, r 8)
 /// takes 16 MiB.
 const MAX_SCRYPT_BYTES: u64 = 256 << 20;
+/// ... and its work that memory times p: Django's default (p 5) is 80 MiB
+/// of mixing.
+const MAX_SCRYPT_WORK: u64 = 4 << 30;
 
 /// A Django password hash, its parameters read and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +140,7 @@ impl DjangoHash {
                     return Err(Unusable::Malformed("scrypt"));
                 }
                 let bytes = 128u64.saturating_mul(n).saturating_mul(r);
-                if bytes > MAX_SCRYPT_BYTES || r.saturating_mul(p) > 1 << 16 {
+                if bytes > MAX_SCRYPT_BYTES || bytes.saturating_mul(p) > MAX_SCRYPT_WORK {
                     return Err(Unusable::TooCostly(
                         "scrypt",
                         format!("n={n}, r={r}, p={p}"),
@@ -310,6 +313,10 @@ mod tests {
         ));
         assert!(matches!(
             DjangoHash::parse("scrypt$1048576$salt$64$5$km8z"),
+            Err(Unusable::TooCostly(..))
+        ));
+        assert!(matches!(
+            DjangoHash::parse("scrypt$16384$salt$8$8192$km8z"),
             Err(Unusable::TooCostly(..))
         ));
         assert!(matches!(
