@@ -10,8 +10,7 @@ use hyper::body::Incoming;
 
 use super::response::{self, Body, Rejection};
 use super::{Gateway, Peer, Settings, forward, policy, target};
-use crate::auth::{self, Unauthenticated};
-use crate::observe::accesslog::{Outcome, Reason};
+use crate::observe::accesslog::Outcome;
 use crate::observe::metrics::AuthOutcome;
 
 /// Where each proxy puts the original method and URI: Traefik and Caddy,
@@ -45,25 +44,16 @@ impl Gateway {
             self.metrics.auth(AuthOutcome::Public);
             return Ok(response::empty(StatusCode::OK));
         }
-        let verified = auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
-            .inspect_err(|reason| {
-                self.metrics.auth(match reason {
-                    Unauthenticated::Missing => AuthOutcome::Missing,
-                    _ => AuthOutcome::Invalid,
-                })
-            })?;
-        outcome.user = Some(verified.username.clone());
-        policy::authorize(&s.config.rules, &method, &path, &verified.identity)
-            .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
-        if !policy::in_scope(verified.scopes.as_deref(), &method, &path) {
-            self.metrics.auth(AuthOutcome::Forbidden);
-            outcome.reason = Some(Reason::Scope);
-            return Err(Rejection::Forbidden);
-        }
+        let verified = self.authorize(
+            s,
+            req.headers(),
+            &method,
+            &path,
+            (&mut outcome.user, &mut outcome.reason),
+        )?;
         let (Some(user), Some(roles)) = (&verified.user_value, &verified.roles_value) else {
             return Err(Rejection::InvalidToken);
         };
-        self.metrics.auth(AuthOutcome::Ok);
         let mut response = response::empty(StatusCode::OK);
         let headers = response.headers_mut();
         headers.insert(auth.identity_header.clone(), user.clone());

@@ -317,24 +317,13 @@ impl Gateway {
             }
             caller
         } else {
-            let verified =
-                auth::authenticate(&self.store, &self.tokens, req.headers(), &auth.schemes)
-                    .inspect_err(|reason| {
-                        self.metrics.auth(match reason {
-                            Unauthenticated::Missing => AuthOutcome::Missing,
-                            _ => AuthOutcome::Invalid,
-                        })
-                    })?;
-            outcome.user = Some(verified.username.clone());
-            policy::authorize(&s.config.rules, req.method(), path, &verified.identity)
-                .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
-            if !policy::in_scope(verified.scopes.as_deref(), req.method(), path) {
-                self.metrics.auth(AuthOutcome::Forbidden);
-                outcome.reason = Some(accesslog::Reason::Scope);
-                return Err(Rejection::Forbidden);
-            }
-            self.metrics.auth(AuthOutcome::Ok);
-            Some(verified)
+            Some(self.authorize(
+                s,
+                req.headers(),
+                req.method(),
+                path,
+                (&mut outcome.user, &mut outcome.reason),
+            )?)
         };
         let upgrade = forward::request(
             s,
@@ -346,6 +335,38 @@ impl Gateway {
         )?
         .map(|(protocol, client)| (protocol, client, caller));
         Ok(Admitted::Forward(upgrade))
+    }
+
+    /// The caller of a request to `method path` that is not public: the
+    /// token's, if it is live, the rules let its user in and its scopes
+    /// cover the request. Forwarded requests and forward auth both decide
+    /// here, so the two cannot drift apart.
+    fn authorize(
+        &self,
+        s: &Settings,
+        headers: &http::HeaderMap,
+        method: &Method,
+        path: &str,
+        (user, reason): (&mut Option<Arc<str>>, &mut Option<accesslog::Reason>),
+    ) -> Result<Arc<Verified>, Rejection> {
+        let auth = &s.config.auth;
+        let verified = auth::authenticate(&self.store, &self.tokens, headers, &auth.schemes)
+            .inspect_err(|reason| {
+                self.metrics.auth(match reason {
+                    Unauthenticated::Missing => AuthOutcome::Missing,
+                    _ => AuthOutcome::Invalid,
+                })
+            })?;
+        *user = Some(verified.username.clone());
+        policy::authorize(&s.config.rules, method, path, &verified.identity)
+            .inspect_err(|_| self.metrics.auth(AuthOutcome::Forbidden))?;
+        if !policy::in_scope(verified.scopes.as_deref(), method, path) {
+            self.metrics.auth(AuthOutcome::Forbidden);
+            *reason = Some(accesslog::Reason::Scope);
+            return Err(Rejection::Forbidden);
+        }
+        self.metrics.auth(AuthOutcome::Ok);
+        Ok(verified)
     }
 
     /// Login and logout: answered by the gateway, after waiting on the
