@@ -50,6 +50,25 @@ async fn tls_connect(
     tls_client(root, alpn).connect(name, tcp).await.unwrap()
 }
 
+/// The status of `GET path` over a new HTTP/1.1-over-TLS connection.
+async fn tls_get_status(addr: std::net::SocketAddr, root: &[u8], path: &str) -> u16 {
+    let tls = tls_connect(addr, root, &[b"http/1.1"]).await;
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = h1
+        .send_request(
+            Request::get(path)
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
 #[tokio::test]
 async fn tls_serves_http1_and_http2_by_alpn() {
     let up = echo_upstream().await;
@@ -142,21 +161,7 @@ async fn plain_http_is_refused_on_a_tls_listener() {
         "{reply}"
     );
     // TLS clients are served as before.
-    let tls = tls_connect(gw.addr, &der, &[b"http/1.1"]).await;
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let r = h1
-        .send_request(
-            Request::get("/x")
-                .header("host", "localhost")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(tls_get_status(gw.addr, &der, "/x").await, 401);
     gw.stop().await;
 }
 
@@ -295,21 +300,7 @@ async fn a_reload_with_broken_certificates_keeps_the_old_config() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Still TLS with the old certificate, and still no public paths.
-    let tls = tls_connect(gw.addr, &der, &[b"http/1.1"]).await;
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let r = h1
-        .send_request(
-            Request::get("/x")
-                .header("host", "localhost")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(tls_get_status(gw.addr, &der, "/x").await, 401);
     gw.stop().await;
 }
 
