@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::binary::{Env, feed, last_line, stderr, walk};
+use common::binary::{Env, fails_saying, feed, last_line, stderr, walk};
 use common::*;
 use tokengate::store::Store;
 use tokengate::store::token::Token;
@@ -138,12 +138,7 @@ fn without_a_terminal_or_password_stdin_the_command_fails_clearly() {
 
     cli.add_user_with_roles("frank", "pw", &[]);
     let out = cli.run(&["user", "passwd", "frank"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("--password-stdin"),
-        "{}",
-        stderr(&out)
-    );
+    fails_saying(&out, "--password-stdin");
 }
 
 #[test]
@@ -163,8 +158,7 @@ fn commands_on_unknown_users_fail_naming_the_user() {
         assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("tg_"));
     }
     let out = cli.run_stdin(&["user", "passwd", "ghost", "--password-stdin"], "pw\n");
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("ghost"), "{}", stderr(&out));
+    fails_saying(&out, "ghost");
     assert_eq!(
         cli.json(&["token", "list", "--json"]),
         serde_json::json!([])
@@ -356,8 +350,7 @@ fn the_config_flag_works_before_and_after_the_subcommand() {
     }
     // No flag, no variable, no tokengate.toml here: a clear failure.
     let out = cli.bare().args(["user", "list"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("tokengate.toml"), "{}", stderr(&out));
+    fails_saying(&out, "tokengate.toml");
 }
 
 #[test]
@@ -396,8 +389,7 @@ fn tokengate_config_names_the_file_when_there_is_no_flag() {
         .args(["user", "list"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+    fails_saying(&out, "missing.toml");
 }
 
 #[test]
@@ -604,8 +596,7 @@ fn check_on_a_bad_file_names_the_file_line_and_key() {
     )
     .unwrap();
     let out = cli.run(&["user", "list"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("colour"), "{}", stderr(&out));
+    fails_saying(&out, "colour");
 
     // A missing file is named.
     let out = cli
@@ -613,8 +604,7 @@ fn check_on_a_bad_file_names_the_file_line_and_key() {
         .args(["check", "-c", "nope/absent.toml"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("absent.toml"), "{}", stderr(&out));
+    fails_saying(&out, "absent.toml");
 }
 
 #[tokio::test(flavor = "multi_thread")]

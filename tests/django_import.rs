@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::binary::{Env, Server, stderr};
+use common::binary::{Env, Server, fails_saying, stderr};
 use common::*;
 
 /// The virtualenv's python, or why the test cannot run.
@@ -231,18 +231,12 @@ fn a_file_that_is_not_dumpdata_is_refused_and_changes_nothing() {
     let file = env.dir.path().join("users.csv");
     std::fs::write(&file, "ann,secret\n").unwrap();
     let out = env.run(&["import", "django", file.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("dumpdata"), "{}", stderr(&out));
+    fails_saying(&out, "dumpdata");
     // One bad entry among good ones: nothing is imported, and it is named.
     let dump = r#"[{"model": "auth.user", "pk": 1, "fields": {"username": "ok", "password": "!"}},
                    {"model": "auth.user", "pk": 2, "fields": {"password": "!"}}]"#;
     let out = env.run_stdin(&["import", "django", "-"], dump);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("entry 2 (auth.user): `username` is missing"),
-        "{}",
-        stderr(&out)
-    );
+    fails_saying(&out, "entry 2 (auth.user): `username` is missing");
     assert_eq!(env.json(&["user", "list", "--json"]), serde_json::json!([]));
 }
 

@@ -392,6 +392,17 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts a command failed and its stderr says `says`.
+#[track_caller]
+pub fn fails_saying(out: &Output, says: &str) {
+    assert!(!out.status.success(), "succeeded: {}", stderr(out));
+    assert!(
+        stderr(out).contains(says),
+        "{says:?} not in: {}",
+        stderr(out)
+    );
+}
+
 /// A small deterministic generator (SplitMix64) so a failing run can be
 /// replayed from its printed seed without another dependency.
 #[derive(Clone)]

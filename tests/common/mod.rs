@@ -238,27 +238,9 @@ impl Gateway {
     }
 
     pub async fn start_with(upstream_url: &str, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path: PathBuf = dir.path().join("tokengate.toml");
-        let text = config_text(upstream_url, extra);
-        std::fs::write(&path, &text).unwrap();
-        let config = Arc::new(Config::load(&path, |_| None).unwrap());
-        let store = Store::open(&config.store.path).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let run = tokengate::run(listener, config.clone(), store.clone(), async {
-            let _ = stopped.await;
-        });
-        let task = tokio::spawn(async move { run.await.expect("gateway failed") });
-        Self {
-            addr,
-            store,
-            config,
-            dir,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self::start_text(&config_text(upstream_url, extra), |_| {})
+            .await
+            .0
     }
 
     /// Adds a user with `password` and `roles` straight into the store.
