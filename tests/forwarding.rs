@@ -454,10 +454,7 @@ async fn client_identity_claims_are_removed_on_protected_and_public_paths() {
             assert!(!seen.has_header_like("x-auth-roles"), "{:?}", seen.headers);
         }
         assert!(
-            !seen
-                .headers
-                .iter()
-                .any(|(_, v)| v == "root" || v == "admin"),
+            !seen.has_value(|v| v == "root" || v == "admin"),
             "{path}: a client claim arrived: {:?}",
             seen.headers
         );
@@ -488,10 +485,7 @@ async fn a_renamed_identity_header_is_stripped_in_every_spelling() {
     assert_eq!(seen.header("x-remote-user"), Some("uma"));
     assert_eq!(seen.header("x-remote-groups"), Some("reader,writer"));
     assert!(
-        !seen
-            .headers
-            .iter()
-            .any(|(_, v)| v == "root" || v == "admin"),
+        !seen.has_value(|v| v == "root" || v == "admin"),
         "{:?}",
         seen.headers
     );
@@ -526,7 +520,7 @@ async fn the_credential_is_never_forwarded() {
         );
         assert!(!seen.has_header_like("proxy-authorization"));
         assert!(
-            !seen.headers.iter().any(|(_, v)| v.contains(&token)),
+            !seen.has_value(|v| v.contains(&token)),
             "the token arrived: {:?}",
             seen.headers
         );
@@ -619,7 +613,7 @@ async fn forwarding_headers_are_set_and_client_copies_dropped_from_untrusted_pee
         assert!(!seen.has_header_like(h), "{h}: {:?}", seen.headers);
     }
     assert!(
-        !seen.headers.iter().any(|(_, v)| v.contains("203.0.113")),
+        !seen.has_value(|v| v.contains("203.0.113")),
         "{:?}",
         seen.headers
     );
@@ -691,11 +685,7 @@ async fn method_override_headers_are_not_forwarded() {
     .await;
     let seen = r.seen();
     assert_eq!(seen.method, "POST");
-    assert!(
-        !seen.headers.iter().any(|(_, v)| v == "DELETE"),
-        "{:?}",
-        seen.headers
-    );
+    assert!(!seen.has_value(|v| v == "DELETE"), "{:?}", seen.headers);
     gw.stop().await;
 }
 

@@ -19,6 +19,17 @@ fn tls_config(upstream: std::net::SocketAddr) -> String {
     )
 }
 
+/// A gateway terminating TLS with a fresh certificate for `localhost`:
+/// the gateway, its reload sender, and the certificate's DER.
+async fn tls_gateway(
+    upstream: std::net::SocketAddr,
+) -> (Gateway, tokio::sync::mpsc::Sender<Config>, Vec<u8>) {
+    let mut der = Vec::new();
+    let (gw, reload) =
+        Gateway::start_text(&tls_config(upstream), |dir| der = write_cert(dir)).await;
+    (gw, reload, der)
+}
+
 /// Writes a fresh self-signed certificate for `localhost`; returns its DER.
 fn write_cert(dir: &std::path::Path) -> Vec<u8> {
     let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
@@ -72,9 +83,7 @@ async fn tls_get_status(addr: std::net::SocketAddr, root: &[u8], path: &str) -> 
 #[tokio::test]
 async fn tls_serves_http1_and_http2_by_alpn() {
     let up = echo_upstream().await;
-    let mut der = Vec::new();
-    let (gw, _reload) =
-        Gateway::start_text(&tls_config(up.addr), |dir| der = write_cert(dir)).await;
+    let (gw, _reload, der) = tls_gateway(up.addr).await;
     gw.add_user("tia", "pw", &[]);
 
     // HTTP/1.1 over TLS: the 401 path and a proxied request.
@@ -144,9 +153,7 @@ async fn tls_serves_http1_and_http2_by_alpn() {
 #[tokio::test]
 async fn plain_http_is_refused_on_a_tls_listener() {
     let up = echo_upstream().await;
-    let mut der = Vec::new();
-    let (gw, _reload) =
-        Gateway::start_text(&tls_config(up.addr), |dir| der = write_cert(dir)).await;
+    let (gw, _reload, der) = tls_gateway(up.addr).await;
     let reply = raw(
         gw.addr,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -284,8 +291,7 @@ async fn reload_hashes_off_the_async_workers() {
 #[tokio::test]
 async fn a_reload_with_broken_certificates_keeps_the_old_config() {
     let up = echo_upstream().await;
-    let mut der = Vec::new();
-    let (gw, reload) = Gateway::start_text(&tls_config(up.addr), |dir| der = write_cert(dir)).await;
+    let (gw, reload, der) = tls_gateway(up.addr).await;
     let bad = gw.dir.path().join("bad.toml");
     std::fs::write(
         &bad,
@@ -307,9 +313,7 @@ async fn a_reload_with_broken_certificates_keeps_the_old_config() {
 #[tokio::test]
 async fn reload_picks_up_a_renewed_certificate() {
     let up = echo_upstream().await;
-    let mut first = Vec::new();
-    let (gw, reload) =
-        Gateway::start_text(&tls_config(up.addr), |dir| first = write_cert(dir)).await;
+    let (gw, reload, first) = tls_gateway(up.addr).await;
     let second = write_cert(gw.dir.path());
     reload
         .send(Config::load(&gw.dir.path().join("tokengate.toml"), |_| None).unwrap())

@@ -57,6 +57,11 @@ impl Seen {
         first
     }
 
+    /// Whether any header's value passes `test`.
+    pub fn has_value(&self, test: impl Fn(&str) -> bool) -> bool {
+        self.headers.iter().any(|(_, v)| test(v))
+    }
+
     pub fn has_header_like(&self, name: &str) -> bool {
         let norm = |s: &str| s.to_ascii_lowercase().replace('_', "-");
         self.headers.iter().any(|(k, _)| norm(k) == norm(name))
