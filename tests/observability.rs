@@ -131,6 +131,48 @@ async fn health_readiness_and_metrics_after_traffic() {
     g.task.await.unwrap();
 }
 
+/// Idle connections cannot take the admin listener over: past its cap a
+/// new one is closed at once, and it serves again when they go.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_caps_its_connections() {
+    use tokio::io::AsyncReadExt;
+    let up = echo_upstream().await;
+    let g = start_with_admin(up.addr, "").await;
+    let max = tokengate::server::admin::MAX_CONNECTIONS;
+    let mut held = Vec::new();
+    for _ in 0..max {
+        held.push(tokio::net::TcpStream::connect(g.admin).await.unwrap());
+    }
+    // Accepted and each holding its place (they send nothing).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut one_more = tokio::net::TcpStream::connect(g.admin).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), one_more.read(&mut buf))
+        .await
+        .expect("the connection past the cap was left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // A connection closed at the cap fails; one admitted answers.
+        let healthz = http::Request::get("/healthz")
+            .body(bytes::Bytes::new())
+            .unwrap();
+        let answer =
+            common::binary::try_send(g.admin, healthz, std::time::Duration::from_secs(1)).await;
+        if answer.is_some_and(|(status, _)| status == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admin listener never served again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = g.stop.send(());
+    g.task.await.unwrap();
+}
+
 #[test]
 fn healthcheck_command_follows_the_running_gateway() {
     let rt = tokio::runtime::Runtime::new().unwrap();

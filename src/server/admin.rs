@@ -13,6 +13,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::accept;
 use crate::observe::metrics::Metrics;
@@ -25,15 +26,26 @@ pub struct Admin {
     pub draining: Arc<AtomicBool>,
 }
 
+/// Connections the admin listener serves at once: a health checker and a
+/// metrics scraper need a few; past this, new ones are closed, so the
+/// listener cannot be made to hold the process's descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves until the task is aborted.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = accept::next(&listener, |e| {
+        let (stream, peer) = accept::next(&listener, |e| {
             tracing::warn!(error = %e, "admin listener: accept failed");
         })
         .await;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(client = %peer.ip(), "admin listener: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.answer(&req)) }

@@ -29,6 +29,8 @@ pub const SOCKET_NAME: &str = "admin.sock";
 /// socket is its owner's alone.
 const MAX_LINE: u64 = 64 * 1024 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Admin requests served at once.
+const MAX_REQUESTS: usize = 4;
 
 pub fn socket_path(store_path: &Path) -> PathBuf {
     store_path.join(SOCKET_NAME)
@@ -403,7 +405,13 @@ pub fn bind(store_path: &Path) -> Result<Bound, ControlError> {
 /// Serves the admin channel until the listener is dropped with the task.
 pub async fn serve(listener: UnixListener, store: Store, bans: Arc<dyn Bans>) {
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    // Requests in progress at once, each up to MAX_LINE in memory; the
+    // next waits in the socket's backlog (the CLI's timeout bounds it).
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = accept::next(&listener, |e| {
             tracing::warn!(error = %e, "admin channel: accept failed");
         })
@@ -419,6 +427,7 @@ pub async fn serve(listener: UnixListener, store: Store, bans: Arc<dyn Bans>) {
         let store = store.clone();
         let bans = bans.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = handle(stream, store, bans).await {
                 tracing::warn!(error = %e, "admin channel request failed");
             }
