@@ -51,6 +51,10 @@ pub enum BackupError {
     },
     #[error("{path} is not a tokengate backup ({why})")]
     Invalid { path: PathBuf, why: String },
+    #[error(
+        "{path} {why}: a snapshot holds password hashes and token digests, and whoever could write it would choose the users and tokens restored; restore only your own private copy (chown it to this user, chmod 600)"
+    )]
+    NotPrivate { path: PathBuf, why: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -112,6 +116,7 @@ pub fn restore(store: &Store, path: &Path) -> Result<usize, BackupError> {
         path: path.to_path_buf(),
         source,
     })?;
+    trusted(&file, path)?;
     let mut lines = BufReader::new(file).lines();
     let mut next = || -> Result<Option<String>, BackupError> {
         lines
@@ -180,6 +185,37 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A snapshot to restore must be this user's and writable by nobody else,
+/// as backup writes it (0600); a file others could have written is refused.
+fn trusted(file: &File, path: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(|source| BackupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    let why = if meta.uid() != me {
+        Some(format!(
+            "belongs to uid {}, not to this user (uid {me})",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "is writable by others (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(BackupError::NotPrivate {
+            path: path.to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +279,28 @@ mod tests {
             Err(BackupError::Invalid { .. })
         ));
         assert!(b.is_empty(), "nothing was written");
+    }
+
+    #[test]
+    fn a_snapshot_others_could_write_is_not_restored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        a.add_user("ann", "hash".into(), vec![]).unwrap();
+        let file = dir.path().join("snap.jsonl");
+        backup(&a, &file).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        let e = restore(&b, &file).unwrap_err().to_string();
+        assert!(e.contains("writable by others (mode 666)"), "{e}");
+        assert!(b.is_empty(), "nothing restored");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&file, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+            let e = restore(&b, &file).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+            rustix::fs::chown(&file, Some(rustix::process::geteuid()), None).unwrap();
+        }
+        assert_eq!(restore(&b, &file).unwrap(), 1);
     }
 }
