@@ -623,13 +623,11 @@ async fn forwarding_headers_are_set_and_client_copies_dropped_from_untrusted_pee
 #[tokio::test]
 async fn a_trusted_proxys_chain_is_kept_and_the_peer_appended() {
     let up = echo_upstream().await;
-    let gw = Gateway::start_edited(&format!("http://{}", up.addr), "", |t| {
-        t.replacen(
-            "[server]\n",
-            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
-            1,
-        )
-    })
+    let gw = Gateway::start_edited(
+        &format!("http://{}", up.addr),
+        "",
+        in_section("[server]", "trusted_proxies = [\"127.0.0.1\"]"),
+    )
     .await;
     gw.add_user("uma", "pw", &[]);
     let token = gw.login("uma", "pw").await;
@@ -865,13 +863,11 @@ async fn framework_trusted_headers_are_stripped() {
     gw.stop().await;
 
     // A configured list replaces the default one.
-    let gw = Gateway::start_edited(&format!("http://{}", up.addr), "public = [\"/**\"]", |t| {
-        t.replacen(
-            "[upstream]\n",
-            "[upstream]\nstrip_headers = [\"X-Tenant\"]\n",
-            1,
-        )
-    })
+    let gw = Gateway::start_edited(
+        &format!("http://{}", up.addr),
+        "public = [\"/**\"]",
+        in_section("[upstream]", "strip_headers = [\"X-Tenant\"]"),
+    )
     .await;
     let r = send(
         gw.addr,
@@ -890,13 +886,11 @@ async fn framework_trusted_headers_are_stripped() {
 
     // From a trusted proxy X-Real-IP stays (it names the client the proxy
     // saw, as its X-Forwarded-For chain does); its underscore twin does not.
-    let gw = Gateway::start_edited(&format!("http://{}", up.addr), "public = [\"/**\"]", |t| {
-        t.replacen(
-            "[server]\n",
-            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
-            1,
-        )
-    })
+    let gw = Gateway::start_edited(
+        &format!("http://{}", up.addr),
+        "public = [\"/**\"]",
+        in_section("[server]", "trusted_proxies = [\"127.0.0.1\"]"),
+    )
     .await;
     let seen = send(
         gw.addr,

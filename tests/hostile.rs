@@ -562,9 +562,11 @@ async fn long_paths_get_414_before_any_matching() {
 #[tokio::test]
 async fn max_path_length_is_configurable() {
     let (up, seen) = recording_upstream().await;
-    let gw = Gateway::start_edited(&format!("http://{up}"), "public = [\"/**\"]", |text| {
-        text.replacen("[server]\n", "[server]\nmax_path_length = \"256\"\n", 1)
-    })
+    let gw = Gateway::start_edited(
+        &format!("http://{up}"),
+        "public = [\"/**\"]",
+        in_section("[server]", "max_path_length = \"256\""),
+    )
     .await;
     let get = |path: String| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let reply = raw(

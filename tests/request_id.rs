@@ -133,13 +133,11 @@ async fn a_clients_own_id_is_replaced_unless_a_trusted_proxy_sent_it() {
 #[tokio::test]
 async fn the_header_name_is_configurable() {
     let up = echo_upstream().await;
-    let gw = Gateway::start_edited(&format!("http://{}", up.addr), "", |t| {
-        t.replacen(
-            "[server]\n",
-            "[server]\nrequest_id_header = \"X-Correlation-Id\"\n",
-            1,
-        )
-    })
+    let gw = Gateway::start_edited(
+        &format!("http://{}", up.addr),
+        "",
+        in_section("[server]", "request_id_header = \"X-Correlation-Id\""),
+    )
     .await;
     gw.add_user("ann", "pw", &[]);
     let token = gw.login("ann", "pw").await;

@@ -295,6 +295,13 @@ impl Gateway {
     }
 }
 
+/// An edit for [`Gateway::start_edited`]: `line` added at the top of
+/// `section` (`"[server]"`, `"[upstream]"`) of the test config.
+pub fn in_section(section: &'static str, line: &str) -> impl FnOnce(String) -> String {
+    let line = line.to_owned();
+    move |text| text.replacen(&format!("{section}\n"), &format!("{section}\n{line}\n"), 1)
+}
+
 pub fn config_text(upstream_url: &str, extra: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"5s\"\n\n[upstream]\nurl = \"{upstream_url}\"\nconnect_timeout = \"1s\"\ntimeout = \"2s\"\n\n[store]\npath = \"data\"\n\n[auth]\n{FAST_ARGON2}\n{extra}\n"
