@@ -1,0 +1,150 @@
+//! What the store keeps and hands out, whichever database holds it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+use crate::store::token::TokenDigest;
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct User {
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub epoch: u64,
+}
+
+/// The stored password hash of a user who has none: a service user, whose
+/// tokens come from `token issue` only. Django writes unusable passwords
+/// the same way.
+pub const NO_PASSWORD: &str = "!";
+
+impl User {
+    /// The hash a login is checked against; `None` for a user without a
+    /// usable password, who is then checked like an unknown user.
+    pub fn password(&self) -> Option<&str> {
+        (!self.password_hash.starts_with('!')).then_some(self.password_hash.as_str())
+    }
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub user: String,
+    pub epoch: u64,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub label: Option<String>,
+    /// Updated at most once per `LAST_USED_GRANULARITY`, never per request.
+    #[serde(default)]
+    pub last_used_at: Option<u64>,
+    /// `METHODS PATTERN` texts in canonical form; empty: all of the
+    /// user's rights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+/// How stale `last_used_at` may get: one store write per token per minute at most.
+pub const LAST_USED_GRANULARITY: u64 = 60;
+
+/// A user to import (from Django): the hash as that system wrote it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportedUser {
+    pub username: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+}
+
+/// A token to import, by the digest it is looked up by.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportedToken {
+    pub username: String,
+    pub digest: TokenDigest,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    /// `django` or `knox`.
+    pub label: String,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Imported {
+    pub added: Vec<String>,
+    /// Usernames already in the store, left unchanged.
+    pub kept: Vec<String>,
+    /// Tokens added, by label.
+    pub tokens: std::collections::BTreeMap<String, usize>,
+}
+
+/// A token as `token list` shows it: never the secret.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub id: String,
+    pub record: TokenRecord,
+}
+
+/// The caller a valid token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub username: String,
+    pub roles: Vec<String>,
+}
+
+/// A live token: who it belongs to, and what a cache of checks needs.
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub identity: Identity,
+    pub expires_at: Option<u64>,
+    /// As stored after this check (it may have just been recorded).
+    pub last_used_at: Option<u64>,
+    /// The token's scopes as stored; empty when unscoped.
+    pub scopes: Vec<String>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn validate_username(name: &str) -> Result<(), StoreError> {
+    let ok = (1..=150).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@.+-_".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidUsername(
+            name.escape_default().to_string(),
+        ))
+    }
+}
+
+pub fn validate_role(role: &str) -> Result<(), StoreError> {
+    let ok = (1..=64).contains(&role.len())
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidRole(role.escape_default().to_string()))
+    }
+}
