@@ -60,4 +60,10 @@ pub enum StoreError {
     InvalidLabel,
     #[error("invalid scope: {0}")]
     InvalidScope(String),
+    #[error("the database failed: {0}; check that PostgreSQL is up and that store.url names it")]
+    Database(String),
+    #[error(
+        "the database holds tokengate schema version {found}, newer than this binary knows ({supported}); run the newer tokengate, or upgrade this one"
+    )]
+    SchemaTooNew { found: i32, supported: i32 },
 }

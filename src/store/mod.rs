@@ -18,6 +18,7 @@ pub mod control;
 pub mod embedded;
 pub mod error;
 pub mod files;
+pub mod postgres;
 pub mod records;
 pub mod token;
 

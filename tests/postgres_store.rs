@@ -1,0 +1,309 @@
+//! The PostgreSQL backend against a real server: `.ci/run` starts one
+//! (`.ci/postgres.sh`) and exports its URL as TOKENGATE_TEST_POSTGRES_URL.
+//! Each test works in a database of its own. Several `Postgres` values on
+//! one database stand for several gateways.
+
+use std::time::{Duration, Instant};
+
+use tokengate::store::changes::Revoked;
+use tokengate::store::postgres::Postgres;
+use tokengate::store::postgres::schema::SUPPORTED;
+use tokengate::store::token::Token;
+use tokengate::store::{StoreError, User};
+
+/// A new, empty database's URL; `None` (after saying why) on a developer
+/// machine without a server. CI must have one.
+async fn database() -> Option<String> {
+    let Ok(url) = std::env::var("TOKENGATE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but TOKENGATE_TEST_POSTGRES_URL is not set: .ci/run starts PostgreSQL"
+        );
+        eprintln!(
+            "skipped: set TOKENGATE_TEST_POSTGRES_URL (.ci/postgres.sh start DIR prints one)"
+        );
+        return None;
+    };
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("the test server answers");
+    tokio::spawn(connection);
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    let name = format!(
+        "tg_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+async fn open(url: &str) -> Postgres {
+    Postgres::open(url, 4).await.unwrap()
+}
+
+/// Waits (up to a second) for a revocation matching `want`.
+async fn heard(
+    rx: &mut tokio::sync::broadcast::Receiver<Revoked>,
+    want: impl Fn(&Revoked) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match rx.recv().await {
+                Ok(r) if want(&r) => return,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("announced within 1 s");
+}
+
+/// Waits until `store` listens (its link is up).
+async fn listening(store: &Postgres) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.link().down_for().is_some() {
+        assert!(Instant::now() < deadline, "never started listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_share_users_and_tokens() {
+    let Some(url) = database().await else { return };
+    let a = open(&url).await;
+    let b = open(&url).await;
+    let ann = a
+        .add_user("ann", "hash".into(), vec!["ops".into()])
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.add_user("ann", "other".into(), vec![]).await,
+        Err(StoreError::UserExists(_))
+    ));
+    let seen: User = b.user("ann").await.unwrap().unwrap();
+    assert_eq!(seen.password_hash, "hash");
+    assert_eq!(seen.roles, ["ops"]);
+    assert_eq!(seen.epoch, ann.epoch, "epochs keep all 64 bits");
+    let (token, _) = a
+        .issue_token(&ann, Some(Duration::from_secs(60)), Some("ci".into()), &[])
+        .await
+        .unwrap();
+    let live = b.use_token(&token.digest()).await.unwrap().unwrap();
+    assert_eq!(live.identity.username, "ann");
+    assert_eq!(live.identity.roles, ["ops"]);
+    assert!(live.last_used_at.is_some(), "first use recorded");
+    let listed = a.tokens(Some("ann")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, token.digest().id());
+    assert_eq!(listed[0].record.label.as_deref(), Some("ci"));
+    assert!(listed[0].record.expires_at.is_some());
+    assert!(b.tokens(Some("bob")).await.unwrap().is_empty());
+    // A token nobody issued is unknown everywhere.
+    let stranger = Token::generate().unwrap();
+    assert!(b.use_token(&stranger.digest()).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_revocation_reaches_the_other_gateways_within_a_second() {
+    let Some(url) = database().await else { return };
+    let a = open(&url).await;
+    let b = open(&url).await;
+    let _listen = AbortOnDrop(tokio::spawn(b.listen()));
+    listening(&b).await;
+    let mut rx = b.changes().subscribe();
+    a.add_user("ann", "h".into(), vec![]).await.unwrap();
+
+    let issue = |s: &Postgres| {
+        let s = s.clone();
+        async move {
+            let user = s.user("ann").await.unwrap().unwrap();
+            s.issue_token(&user, None, None, &[]).await.unwrap().0
+        }
+    };
+    let mut report = Vec::new();
+    for (kind, user_wide) in [
+        ("token revoke", false),
+        ("user passwd", true),
+        ("user disable", true),
+        ("token revoke --user", true),
+        ("user remove", true),
+    ] {
+        if a.user("ann").await.unwrap().is_none() {
+            a.add_user("ann", "h".into(), vec![]).await.unwrap();
+        }
+        a.set_disabled("ann", false).await.unwrap();
+        // Heard before the revocation under test, so it cannot pass for it.
+        heard(&mut rx, |r| matches!(r, Revoked::User(n) if &**n == "ann")).await;
+        let token = issue(&a).await;
+        assert!(b.use_token(&token.digest()).await.unwrap().is_some());
+        let before = b.changes().generation();
+        let started = Instant::now();
+        match kind {
+            "token revoke" => assert!(a.revoke(&token.digest()).await.unwrap()),
+            "user passwd" => a.set_password("ann", "h2".into()).await.unwrap(),
+            "user disable" => a.set_disabled("ann", true).await.unwrap(),
+            "token revoke --user" => assert_eq!(a.revoke_user_tokens("ann").await.unwrap(), 1),
+            _ => a.remove_user("ann").await.unwrap(),
+        }
+        let digest = token.digest();
+        heard(&mut rx, |r| match r {
+            Revoked::Token(d) => !user_wide && *d == digest,
+            Revoked::User(name) => user_wide && &**name == "ann",
+            _ => false,
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(b.changes().generation() > before, "{kind}: cache emptied");
+        assert!(
+            b.use_token(&digest).await.unwrap().is_none(),
+            "{kind}: refused"
+        );
+        report.push(format!("{kind}: {took:?}"));
+    }
+    println!("propagation to another gateway: {}", report.join(", "));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn role_changes_are_announced_and_tokens_live_on() {
+    let Some(url) = database().await else { return };
+    let a = open(&url).await;
+    let b = open(&url).await;
+    let _listen = AbortOnDrop(tokio::spawn(b.listen()));
+    listening(&b).await;
+    let mut rx = b.changes().subscribe();
+    let ann = a
+        .add_user("ann", "h".into(), vec!["a".into()])
+        .await
+        .unwrap();
+    let (token, _) = a.issue_token(&ann, None, None, &[]).await.unwrap();
+    a.set_roles("ann", vec!["b".into()]).await.unwrap();
+    heard(&mut rx, |r| matches!(r, Revoked::Roles(n) if &**n == "ann")).await;
+    let live = b.use_token(&token.digest()).await.unwrap().unwrap();
+    assert_eq!(live.identity.roles, ["b"]);
+    assert!(matches!(
+        a.set_roles("nobody", vec![]).await,
+        Err(StoreError::UnknownUser(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_is_never_issued_on_a_stale_epoch() {
+    let Some(url) = database().await else { return };
+    let a = open(&url).await;
+    let ann = a.add_user("ann", "h".into(), vec![]).await.unwrap();
+    a.set_password("ann", "h2".into()).await.unwrap();
+    assert!(matches!(
+        a.issue_token(&ann, None, None, &[]).await,
+        Err(StoreError::Stale)
+    ));
+    let current = a.user("ann").await.unwrap().unwrap();
+    a.set_disabled("ann", true).await.unwrap();
+    let disabled = a.user("ann").await.unwrap().unwrap();
+    assert!(matches!(
+        a.issue_token(&disabled, None, None, &[]).await,
+        Err(StoreError::Stale)
+    ));
+    assert!(matches!(
+        a.issue_token(&current, None, None, &[]).await,
+        Err(StoreError::Stale)
+    ));
+    assert!(a.tokens(None).await.unwrap().is_empty());
+    // The hash swap at a Django user's first login keeps their tokens.
+    a.set_disabled("ann", false).await.unwrap();
+    let ann = a.user("ann").await.unwrap().unwrap();
+    let (token, _) = a.issue_token(&ann, None, None, &[]).await.unwrap();
+    assert!(a.rehash_password("ann", "h2", "h3".into()).await.unwrap());
+    assert!(!a.rehash_password("ann", "h2", "h4".into()).await.unwrap());
+    assert_eq!(a.user("ann").await.unwrap().unwrap().password_hash, "h3");
+    assert!(a.use_token(&token.digest()).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_starting_at_once_on_an_empty_database_all_come_up() {
+    let Some(url) = database().await else { return };
+    let starts: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Postgres::open(&url, 2).await.map(drop) })
+        })
+        .collect();
+    for start in starts {
+        start
+            .await
+            .unwrap()
+            .expect("every concurrent first start comes up");
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM tokengate_schema ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=SUPPORTED).collect::<Vec<_>>());
+    // A database a newer tokengate migrated is refused, saying so.
+    client
+        .execute(
+            "INSERT INTO tokengate_schema (version) VALUES ($1)",
+            &[&(SUPPORTED + 1)],
+        )
+        .await
+        .unwrap();
+    let refused = Postgres::open(&url, 2).await.err().expect("refused");
+    assert!(matches!(refused, StoreError::SchemaTooNew { .. }));
+    assert!(refused.to_string().contains("newer than this binary"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_link_is_noticed_and_recovered_with_every_check_dropped() {
+    let Some(url) = database().await else { return };
+    let a = open(&url).await;
+    let _listen = AbortOnDrop(tokio::spawn(a.listen()));
+    listening(&a).await;
+    let mut rx = a.changes().subscribe();
+    // Cut the listening connection from the server's side.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let before = a.changes().generation();
+    let cut = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut.get::<_, i64>(0), 1, "one listening connection");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Ok(Revoked::Any)) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("no recheck after the link was cut: {other:?}"),
+        }
+        assert!(Instant::now() < deadline);
+    }
+    listening(&a).await;
+    assert!(a.changes().generation() > before, "cached checks dropped");
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
