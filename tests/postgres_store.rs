@@ -64,8 +64,17 @@ async fn heard(
     .expect("announced within 1 s");
 }
 
+/// `store` listening (for as long as the guard lives), and what it hears.
+async fn listening(
+    store: &Postgres,
+) -> (AbortOnDrop<()>, tokio::sync::broadcast::Receiver<Revoked>) {
+    let task = AbortOnDrop(tokio::spawn(store.listen()));
+    link_up(store).await;
+    (task, store.changes().subscribe())
+}
+
 /// Waits until `store` listens (its link is up).
-async fn listening(store: &Postgres) {
+async fn link_up(store: &Postgres) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while store.link().down_for().is_some() {
         assert!(Instant::now() < deadline, "never started listening");
@@ -114,9 +123,7 @@ async fn every_revocation_reaches_the_other_gateways_within_a_second() {
     let Some(url) = database().await else { return };
     let a = open(&url).await;
     let b = open(&url).await;
-    let _listen = AbortOnDrop(tokio::spawn(b.listen()));
-    listening(&b).await;
-    let mut rx = b.changes().subscribe();
+    let (_listen, mut rx) = listening(&b).await;
     a.add_user("ann", "h".into(), vec![]).await.unwrap();
 
     let issue = |s: &Postgres| {
@@ -174,9 +181,7 @@ async fn role_changes_are_announced_and_tokens_live_on() {
     let Some(url) = database().await else { return };
     let a = open(&url).await;
     let b = open(&url).await;
-    let _listen = AbortOnDrop(tokio::spawn(b.listen()));
-    listening(&b).await;
-    let mut rx = b.changes().subscribe();
+    let (_listen, mut rx) = listening(&b).await;
     let ann = a
         .add_user("ann", "h".into(), vec!["a".into()])
         .await
@@ -268,9 +273,7 @@ async fn gateways_starting_at_once_on_an_empty_database_all_come_up() {
 async fn a_lost_link_is_noticed_and_recovered_with_every_check_dropped() {
     let Some(url) = database().await else { return };
     let a = open(&url).await;
-    let _listen = AbortOnDrop(tokio::spawn(a.listen()));
-    listening(&a).await;
-    let mut rx = a.changes().subscribe();
+    let (_listen, mut rx) = listening(&a).await;
     // Cut the listening connection from the server's side.
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -296,7 +299,7 @@ async fn a_lost_link_is_noticed_and_recovered_with_every_check_dropped() {
         }
         assert!(Instant::now() < deadline);
     }
-    listening(&a).await;
+    link_up(&a).await;
     assert!(a.changes().generation() > before, "cached checks dropped");
 }
 

@@ -26,7 +26,7 @@ use crate::store::changes::{Changes, Revoked};
 use crate::store::token::{Token, TokenDigest};
 use crate::store::{
     Identity, Imported, ImportedToken, ImportedUser, LAST_USED_GRANULARITY, LiveToken, StoreError,
-    TokenInfo, TokenRecord, User, now, validate_role, validate_username,
+    TokenInfo, TokenRecord, User, new_token, now, random_u64, validate_role, validate_username,
 };
 
 /// The open sled database and its trees. Replaced whole when the store is
@@ -116,12 +116,6 @@ const PROBE_NAME: &str = "space-probe.tmp";
 
 /// The trees a backup carries, by name.
 pub const TREES: [&str; 3] = ["users", "tokens", "user_tokens"];
-
-fn random_u64() -> Result<u64, StoreError> {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| StoreError::Random(e.to_string()))?;
-    Ok(u64::from_le_bytes(b))
-}
 
 fn user_token_key(user: &str, digest: &TokenDigest) -> Vec<u8> {
     let mut key = Vec::with_capacity(user.len() + 33);
@@ -618,23 +612,8 @@ impl Store {
         label: Option<String>,
         scopes: &[Scope],
     ) -> Result<(Token, TokenRecord), StoreError> {
-        if let Some(label) = &label
-            && (label.chars().count() > 200 || label.chars().any(char::is_control))
-        {
-            return Err(StoreError::InvalidLabel);
-        }
-        let token = Token::generate().map_err(|e| StoreError::Random(e.to_string()))?;
+        let (token, record) = new_token(user, ttl, label, scopes)?;
         let digest = token.digest();
-        let created_at = now();
-        let record = TokenRecord {
-            user: user.username.clone(),
-            epoch: user.epoch,
-            created_at,
-            expires_at: ttl.map(|ttl| created_at.saturating_add(ttl.as_secs())),
-            label,
-            last_used_at: None,
-            scopes: scopes.iter().map(Scope::to_string).collect(),
-        };
         let bytes = serde_json::to_vec(&record)?;
         self.ready_for_write()?;
         let _gate = self.writing();

@@ -4,8 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::request::scope::Scope;
 use crate::store::StoreError;
-use crate::store::token::TokenDigest;
+use crate::store::token::{Token, TokenDigest};
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct User {
@@ -147,4 +148,38 @@ pub fn validate_role(role: &str) -> Result<(), StoreError> {
     } else {
         Err(StoreError::InvalidRole(role.escape_default().to_string()))
     }
+}
+
+/// A random epoch (or any u64 the store needs unguessable).
+pub fn random_u64() -> Result<u64, StoreError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Random(e.to_string()))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// A new token for `user` and the record every backend stores for it,
+/// checked the same way whichever backend keeps it.
+pub fn new_token(
+    user: &User,
+    ttl: Option<std::time::Duration>,
+    label: Option<String>,
+    scopes: &[Scope],
+) -> Result<(Token, TokenRecord), StoreError> {
+    if let Some(label) = &label
+        && (label.chars().count() > 200 || label.chars().any(char::is_control))
+    {
+        return Err(StoreError::InvalidLabel);
+    }
+    let token = Token::generate().map_err(|e| StoreError::Random(e.to_string()))?;
+    let created_at = now();
+    let record = TokenRecord {
+        user: user.username.clone(),
+        epoch: user.epoch,
+        created_at,
+        expires_at: ttl.map(|ttl| created_at.saturating_add(ttl.as_secs())),
+        label,
+        last_used_at: None,
+        scopes: scopes.iter().map(Scope::to_string).collect(),
+    };
+    Ok((token, record))
 }

@@ -22,8 +22,8 @@ use crate::store::changes::{Changes, Revoked};
 use crate::store::postgres::listen::Link;
 use crate::store::token::{Token, TokenDigest};
 use crate::store::{
-    Identity, LAST_USED_GRANULARITY, LiveToken, StoreError, TokenInfo, TokenRecord, User, now,
-    validate_role, validate_username,
+    Identity, LAST_USED_GRANULARITY, LiveToken, StoreError, TokenInfo, TokenRecord, User,
+    new_token, now, random_u64, validate_role, validate_username,
 };
 
 /// How long a call waits for a pooled connection, or for a new one.
@@ -84,12 +84,6 @@ fn record_from(row: &Row) -> TokenRecord {
         last_used_at: row.get::<_, Option<i64>>("last_used_at").map(unsigned),
         scopes: row.get("scopes"),
     }
-}
-
-fn random_epoch() -> Result<u64, StoreError> {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| StoreError::Random(e.to_string()))?;
-    Ok(u64::from_le_bytes(b))
 }
 
 const USER_COLUMNS: &str = "username, password_hash, roles, disabled, created_at, epoch";
@@ -205,7 +199,7 @@ impl Postgres {
             roles,
             disabled: false,
             created_at: now(),
-            epoch: random_epoch()?,
+            epoch: random_u64()?,
         };
         let added = self
             .client()
@@ -258,7 +252,7 @@ impl Postgres {
         name: &str,
         change: Option<(&str, &(dyn tokio_postgres::types::ToSql + Sync))>,
     ) -> Result<usize, StoreError> {
-        let epoch = to_db(random_epoch()?);
+        let epoch = to_db(random_u64()?);
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&name, &epoch];
         let mut sql = String::from("UPDATE tokengate_users SET epoch = $2");
         if let Some((column, value)) = change {
@@ -351,23 +345,8 @@ impl Postgres {
         label: Option<String>,
         scopes: &[Scope],
     ) -> Result<(Token, TokenRecord), StoreError> {
-        if let Some(label) = &label
-            && (label.chars().count() > 200 || label.chars().any(char::is_control))
-        {
-            return Err(StoreError::InvalidLabel);
-        }
-        let token = Token::generate().map_err(|e| StoreError::Random(e.to_string()))?;
+        let (token, record) = new_token(user, ttl, label, scopes)?;
         let digest = token.digest();
-        let created_at = now();
-        let record = TokenRecord {
-            user: user.username.clone(),
-            epoch: user.epoch,
-            created_at,
-            expires_at: ttl.map(|ttl| created_at.saturating_add(ttl.as_secs())),
-            label,
-            last_used_at: None,
-            scopes: scopes.iter().map(Scope::to_string).collect(),
-        };
         let client = self.client().await?;
         let inserted = client
             .execute(
@@ -378,7 +357,7 @@ impl Postgres {
                     &&digest.0[..],
                     &record.user,
                     &to_db(record.epoch),
-                    &seconds(created_at),
+                    &seconds(record.created_at),
                     &record.expires_at.map(seconds),
                     &record.label,
                     &record.scopes,
