@@ -3,6 +3,7 @@
 # as the postgres OS user, trust auth on 127.0.0.1 only, a free port.
 #   .ci/postgres.sh start DIR   prints the server's URL
 #   .ci/postgres.sh stop DIR
+#   .ci/postgres.sh resume DIR  starts a stopped one again on its port
 set -euo pipefail
 action=${1:?start or stop}
 dir=${2:?a folder for the server}
@@ -16,11 +17,15 @@ start)
     mkdir -p "$dir"
     chown postgres "$dir"
     as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log"
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' >"$dir/port"
+    "$0" resume "$dir"
+    echo "postgres://postgres@127.0.0.1:$(cat "$dir/port")/postgres"
+    ;;
+resume)
+    port=$(cat "$dir/port")
     as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
         -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=200 -c fsync=on" \
         start >/dev/null
-    echo "postgres://postgres@127.0.0.1:$port/postgres"
     ;;
 stop)
     as_postgres "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null || true

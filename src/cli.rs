@@ -12,9 +12,9 @@ use clap::{Parser, Subcommand};
 use crate::auth::password::{Hasher, Password};
 use crate::config::{Config, units};
 use crate::request::scope::Scope;
-use crate::store::Store;
 use crate::store::control::{Backend, Op, Reply, TokenView, UserView};
 use crate::store::token::Token;
+use crate::store::{Opener, Store};
 use crate::time::rfc3339;
 
 #[derive(Debug, Parser)]
@@ -290,7 +290,7 @@ fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
         let shutdown = shutdown_signal();
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
         let reloader = reload_on_sighup(config.source.clone(), reload_tx);
-        let store = Store::open(&config.store.path).map_err(|e| match e {
+        let store = Store::connect(&config.store, Opener::Server).map_err(|e| match e {
             crate::store::StoreError::Locked { path } => anyhow::anyhow!(
                 "another process holds the store at {} (a `tokengate serve` already running?); stop it first, or give this server its own store.path in {}",
                 path.display(),
@@ -324,7 +324,7 @@ fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
         tracing::info!(
             listen = %addr,
             upstream = %format!("{}://{}{}", config.upstream.scheme, config.upstream.authority, config.upstream.base_path),
-            store = %config.store.path.display(),
+            store = %config.store.describe(),
             "tokengate listening"
         );
         let listeners = crate::Listeners {
@@ -464,7 +464,7 @@ fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 fn backend(config: &Config) -> anyhow::Result<Backend> {
-    Ok(Backend::connect(&config.store.path)?)
+    Ok(Backend::for_config(&config.store)?)
 }
 
 fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<ExitCode> {

@@ -9,9 +9,9 @@
 //!   path patterns, header edits
 //! - [`config`]: TOML → validated types, every problem reported with its key
 //!   and line; [`time`] and [`tls`] (the listener's certificates) sit beside it
-//! - [`store`]: users and tokens (sled), the token format, backups, the
-//!   store directory's files, and the control socket the CLI uses while a
-//!   server runs
+//! - [`store`]: users and tokens (sled, or PostgreSQL shared by several
+//!   gateways), the token format, backups, the store directory's files,
+//!   and the control socket the CLI uses while a sled server runs
 //! - [`auth`]: `Authorization` header → caller, through the token cache;
 //!   passwords (argon2id on its own threads) and the login throttle
 //! - [`upstream`]: connections to the upstream (resolve, connect, pool, the
@@ -96,7 +96,13 @@ pub async fn run_with(
     // The tasks beside the gateway's listener end with this function,
     // however it returns: a JoinSet aborts what it holds when dropped.
     let mut beside = tokio::task::JoinSet::new();
-    let control = store::control::bind(&config.store.path)?;
+    // Only sled needs the socket: one process opens it, and the CLI goes
+    // through that process. A shared database the CLI opens itself.
+    let control = if store.is_embedded() {
+        Some(store::control::bind(&config.store.path)?)
+    } else {
+        None
+    };
     beside.spawn(purge_expired(store.clone()));
     let metrics = Arc::new(observe::metrics::Metrics::new());
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -109,11 +115,14 @@ pub async fn run_with(
         beside.spawn(server::admin::serve(listener, admin));
     }
     let gateway = Arc::new(gateway::Gateway::new(config.clone(), store.clone(), metrics).await?);
-    beside.spawn(store::control::serve(
-        control.listener,
-        store.clone(),
-        gateway.throttle(),
-    ));
+    let socket = control.map(|control| {
+        beside.spawn(store::control::serve(
+            control.listener,
+            store.clone(),
+            gateway.throttle(),
+        ));
+        control.socket
+    });
     if let Some(reloads) = reloads {
         beside.spawn(apply_reloads(reloads, gateway.clone()));
     }
@@ -123,7 +132,7 @@ pub async fn run_with(
     };
     server::serve(listeners.gateway, gateway, shutdown).await?;
     drop(beside);
-    drop(control.socket);
+    drop(socket);
     if let Err(e) = store.flush() {
         tracing::error!(error = %e, "flushing the store at shutdown failed");
         return Err(RunError::Io(std::io::Error::other(e)));

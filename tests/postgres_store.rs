@@ -3,44 +3,17 @@
 //! Each test works in a database of its own. Several `Postgres` values on
 //! one database stand for several gateways.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::postgres::database;
 
 use tokengate::store::changes::Revoked;
 use tokengate::store::postgres::Postgres;
 use tokengate::store::postgres::schema::SUPPORTED;
 use tokengate::store::token::Token;
 use tokengate::store::{StoreError, User};
-
-/// A new, empty database's URL; `None` (after saying why) on a developer
-/// machine without a server. CI must have one.
-async fn database() -> Option<String> {
-    let Ok(url) = std::env::var("TOKENGATE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but TOKENGATE_TEST_POSTGRES_URL is not set: .ci/run starts PostgreSQL"
-        );
-        eprintln!(
-            "skipped: set TOKENGATE_TEST_POSTGRES_URL (.ci/postgres.sh start DIR prints one)"
-        );
-        return None;
-    };
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("the test server answers");
-    tokio::spawn(connection);
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).unwrap();
-    let name = format!(
-        "tg_{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    );
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    Some(format!("{base}/{name}"))
-}
 
 async fn open(url: &str) -> Postgres {
     Postgres::open(url, 4).await.unwrap()

@@ -114,15 +114,55 @@ impl TokenCache {
         store: &Store,
         digest: &TokenDigest,
     ) -> Result<Option<Arc<Verified>>, StoreError> {
+        match self.lookup(store, digest)? {
+            Ok(hit) => Ok(Some(hit)),
+            Err(generation) => Ok(store
+                .use_token(digest)?
+                .map(|live| self.remember(digest, generation, live))),
+        }
+    }
+
+    /// `verify` without holding the thread while the store answers: for a
+    /// shared store, asked before a request's checks run (`Gateway::handle`).
+    pub async fn fetch(
+        &self,
+        store: &Store,
+        digest: &TokenDigest,
+    ) -> Result<Option<Arc<Verified>>, StoreError> {
+        match self.lookup(store, digest)? {
+            Ok(hit) => Ok(Some(hit)),
+            Err(generation) => Ok(store
+                .use_token_async(digest)
+                .await?
+                .map(|live| self.remember(digest, generation, live))),
+        }
+    }
+
+    /// Whether `digest` would be answered from the cache now.
+    pub fn holds(&self, store: &Store, digest: &TokenDigest) -> bool {
+        self.get(digest, store.generation(), crate::store::now())
+            .is_some()
+    }
+
+    /// The cached check, or the generation to tag the store's answer with.
+    fn lookup(
+        &self,
+        store: &Store,
+        digest: &TokenDigest,
+    ) -> Result<Result<Arc<Verified>, u64>, StoreError> {
+        // A shared store whose changes this process has not heard for too
+        // long: no cached answer is to be trusted.
+        store.in_touch()?;
         // Read before the store is asked: see the module comment.
         let generation = store.generation();
-        let now = crate::store::now();
-        if let Some(hit) = self.get(digest, generation, now) {
-            return Ok(Some(hit));
-        }
-        let Some(live) = store.use_token(digest)? else {
-            return Ok(None);
-        };
+        Ok(self
+            .get(digest, generation, crate::store::now())
+            .ok_or(generation))
+    }
+
+    /// The store's answer for `digest`, cached (when it has been used
+    /// recently enough) under the generation read before it was asked.
+    fn remember(&self, digest: &TokenDigest, generation: u64, live: LiveToken) -> Arc<Verified> {
         let LiveToken {
             identity,
             expires_at,
@@ -146,7 +186,7 @@ impl TokenCache {
             };
             self.insert(*digest, generation, entry);
         }
-        Ok(Some(verified))
+        verified
     }
 
     fn get(&self, digest: &TokenDigest, generation: u64, now: u64) -> Option<Arc<Verified>> {

@@ -12,8 +12,8 @@ use http::header::{self, HeaderMap};
 use std::sync::Arc;
 
 use crate::auth::cache::{TokenCache, Verified};
-use crate::store::Store;
 use crate::store::token::{Token, TokenDigest};
+use crate::store::{Store, StoreError};
 
 /// What the `Authorization` header offers.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,6 +91,11 @@ pub fn verify(
     match cache.verify(store, digest) {
         Ok(Some(identity)) => Ok(identity),
         Ok(None) => Err(Unauthenticated::Invalid),
+        // Said once when the link was lost, not once per request.
+        Err(e @ StoreError::OutOfTouch { .. }) => {
+            tracing::debug!(error = %e, "token not checked");
+            Err(Unauthenticated::StoreUnavailable)
+        }
         Err(e) => {
             tracing::error!(error = %e, "token lookup failed");
             Err(Unauthenticated::StoreUnavailable)

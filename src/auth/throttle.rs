@@ -141,6 +141,11 @@ impl Throttle {
         }
     }
 
+    /// The policy in force (a reload may change it).
+    pub fn config(&self) -> ThrottleConfig {
+        self.lock().config
+    }
+
     pub fn set_config(&self, config: ThrottleConfig) {
         self.lock().config = config;
     }

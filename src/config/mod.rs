@@ -44,6 +44,15 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         value: |raw| &mut raw.store.path,
     },
     EnvOverride {
+        var: "TOKENGATE_STORE_URL",
+        key: "store.url",
+        value: |raw| {
+            raw.store
+                .url
+                .get_or_insert_with(|| Spanned::new(0..0, String::new()))
+        },
+    },
+    EnvOverride {
         var: "TOKENGATE_ADMIN_LISTEN",
         key: "admin.listen",
         value: |raw| &mut raw.admin.get_or_insert_with(Default::default).listen,
@@ -153,7 +162,100 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// sled's directory; for PostgreSQL, where nothing is kept.
     pub path: PathBuf,
+    pub backend: StoreBackend,
+}
+
+impl StoreConfig {
+    /// Where the store is, for logs: never a password.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            StoreBackend::Sled => self.path.display().to_string(),
+            StoreBackend::Postgres(pg) => pg.url.redacted(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    Sled,
+    Postgres(PostgresConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub url: DatabaseUrl,
+    /// Connections each process keeps to the database at most.
+    pub pool_size: usize,
+    /// How long cached token checks are served after the notification
+    /// link is lost (then 503).
+    pub max_stale: Duration,
+}
+
+/// The most `store.pool_size` may be: PostgreSQL's own default allows
+/// 100 connections for all its clients.
+pub const MAX_POOL_SIZE: u64 = 256;
+
+/// A database URL, which may hold a password: `Debug` and `redacted`
+/// show it without one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: String) -> Self {
+        Self(url)
+    }
+
+    /// The URL with its password, for the database driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, in both the URL form
+    /// (`postgres://user:pw@host`) and the key=value form (`password=pw`).
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        // userinfo ends at the last '@' before the path; a password may hold '@'.
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => authority.to_owned(),
+            },
+            None => authority.to_owned(),
+        };
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => format!("{path}?{}", redact_params(query, '&')),
+            None => tail.to_owned(),
+        };
+        return format!("{scheme}://{authority}{tail}");
+    }
+    redact_params(url, ' ')
+}
+
+/// `password=...` values in a query string or a key=value string.
+fn redact_params(text: &str, separator: char) -> String {
+    text.split(separator)
+        .map(|part| match part.split_once('=') {
+            Some((key, _)) if key.trim().eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(&separator.to_string())
 }
 
 #[derive(Debug, Clone)]
@@ -368,12 +470,16 @@ impl Config {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<String, ConfigError> {
-        let parsed = parse_raw(text, path, env)?;
+        let mut parsed = parse_raw(text, path, env)?;
         if !parsed.problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 problems: parsed.problems,
             });
+        }
+        // What `check` prints may end up in a ticket or a CI log.
+        if let Some(url) = parsed.raw.store.url.as_mut() {
+            *url = Spanned::new(0..0, redact_url(url.get_ref()));
         }
         toml::to_string(&parsed.raw).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -560,6 +666,67 @@ mod tests {
         match load(text) {
             Err(ConfigError::Invalid { problems, .. }) => problems,
             other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_postgres_backend_needs_a_url_and_hides_its_password() {
+        let c = load(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://tg:s3cret@db:5432/tg\"\nmax_stale = \"3s\"\npool_size = 8\n",
+        )
+        .unwrap();
+        let StoreBackend::Postgres(pg) = &c.store.backend else {
+            panic!("not postgres: {:?}", c.store.backend);
+        };
+        assert_eq!(pg.url.expose(), "postgres://tg:s3cret@db:5432/tg");
+        assert_eq!((pg.max_stale, pg.pool_size), (Duration::from_secs(3), 8));
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug redacts");
+        assert_eq!(c.store.describe(), "postgres://tg:***@db:5432/tg");
+        let text = "[store]\nbackend = \"postgres\"\nurl = \"postgres://tg:s3cret@db/tg\"\n";
+        let printed = Config::effective_toml(text, Path::new("/x.toml"), |_| None).unwrap();
+        assert!(
+            !printed.contains("s3cret") && printed.contains("tg:***@db"),
+            "{printed}"
+        );
+
+        let p = problems("[store]\nbackend = \"postgres\"\n");
+        assert_eq!((p[0].key.as_str(), p[0].line), ("store.backend", Some(2)));
+        assert!(p[0].message.contains("store.url"), "{}", p[0].message);
+        let p = problems("[store]\nurl = \"postgres://db/tg\"\n");
+        assert_eq!((p[0].key.as_str(), p[0].line), ("store.url", Some(2)));
+        let p = problems("[store]\nbackend = \"mysql\"\n");
+        assert!(p[0].message.contains("sled"), "{}", p[0].message);
+        let p = problems(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://tg:s3cret@db/tg?nonsense=1\"\npool_size = 0\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|p| !p.message.contains("s3cret")), "{p:?}");
+        // The environment wins over the file, as for the other keys.
+        let c = Config::from_toml(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://file/tg\"\n",
+            Path::new("/x.toml"),
+            |var| (var == "TOKENGATE_STORE_URL").then(|| "postgres://env/tg".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(c.store.describe(), "postgres://env/tg");
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_every_url_form() {
+        for (url, shown) in [
+            ("postgres://u:p@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u:p@ss@h:5/db?x=1",
+                "postgres://u:***@h:5/db?x=1",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgresql://h/db?password=p&sslmode=disable",
+                "postgresql://h/db?password=***&sslmode=disable",
+            ),
+            ("host=h password=p user=u", "host=h password=*** user=u"),
+        ] {
+            assert_eq!(redact_url(url), shown);
         }
     }
 

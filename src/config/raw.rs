@@ -95,12 +95,23 @@ impl Default for RawUpstream {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
+    pub backend: Spanned<String>,
     pub path: Spanned<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Spanned<String>>,
+    pub max_stale: Spanned<String>,
+    pub pool_size: Spanned<u64>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        Self { path: s("data") }
+        Self {
+            backend: s("sled"),
+            path: s("data"),
+            url: None,
+            max_stale: s("10s"),
+            pool_size: Spanned::new(0..0, 16),
+        }
     }
 }
 

@@ -75,13 +75,7 @@ impl<'a> Validator<'a> {
     fn config(&mut self, raw: RawConfig, path: &Path, base: &Path) -> Option<Config> {
         let server = self.server(&raw, base);
         let upstream = self.upstream(&raw, base);
-        let store = self.parse("store.path", &raw.store.path, |p| {
-            if p.trim().is_empty() {
-                Err("must not be empty".into())
-            } else {
-                Ok(StoreConfig { path: base.join(p) })
-            }
-        });
+        let store = self.store(&raw, base);
         let auth = self.auth(&raw);
         let admin = match &raw.admin {
             None => Some(None),
@@ -102,6 +96,64 @@ impl<'a> Validator<'a> {
             log: log?,
             throttle: throttle?,
             rules: rules?,
+        })
+    }
+
+    fn store(&mut self, raw: &RawConfig, base: &Path) -> Option<StoreConfig> {
+        let r = &raw.store;
+        let path = self.parse("store.path", &r.path, |p| {
+            if p.trim().is_empty() {
+                Err("must not be empty".into())
+            } else {
+                Ok(base.join(p))
+            }
+        });
+        let max_stale = self.parse("store.max_stale", &r.max_stale, |d| positive(d));
+        let pool_size = self.parse("store.pool_size", &r.pool_size, |n| {
+            usize::try_from(*n)
+                .ok()
+                .filter(|n| (1..=MAX_POOL_SIZE as usize).contains(n))
+                .ok_or_else(|| format!("must be between 1 and {MAX_POOL_SIZE}"))
+        });
+        let backend = match (r.backend.get_ref().as_str(), &r.url) {
+            ("sled", None) => Some(StoreBackend::Sled),
+            ("sled", Some(url)) => {
+                self.problem(
+                    "store.url",
+                    url,
+                    "is for backend = \"postgres\"; remove it, or set store.backend = \"postgres\""
+                        .into(),
+                );
+                None
+            }
+            ("postgres", None) => {
+                self.problem(
+                    "store.backend",
+                    &r.backend,
+                    "\"postgres\" needs store.url (or $TOKENGATE_STORE_URL), e.g. \"postgres://tokengate:PASSWORD@db:5432/tokengate\"".into(),
+                );
+                None
+            }
+            ("postgres", Some(url)) => {
+                let url = self.parse("store.url", url, |u| parse_database_url(u));
+                Some(StoreBackend::Postgres(PostgresConfig {
+                    url: url?,
+                    pool_size: pool_size?,
+                    max_stale: max_stale?,
+                }))
+            }
+            (other, _) => {
+                self.problem(
+                    "store.backend",
+                    &r.backend,
+                    format!("unknown backend {other:?}; use \"sled\" or \"postgres\""),
+                );
+                None
+            }
+        };
+        Some(StoreConfig {
+            path: path?,
+            backend: backend?,
         })
     }
 
@@ -641,4 +693,15 @@ fn parse_upstream_url(
             .map_err(|e| format!("the upstream URL's path is not canonical: {e}"))?;
     }
     Ok((scheme, authority, base_path))
+}
+
+/// A PostgreSQL URL or key=value string the driver accepts, with an
+/// `sslmode` this build can honour. The message never repeats the URL: it
+/// may hold a password.
+fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
+    url.parse::<tokio_postgres::Config>().map_err(|e| {
+        format!("not a PostgreSQL URL ({e}); write postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+    })?;
+    crate::store::postgres::tls::mode_of(url)?;
+    Ok(DatabaseUrl::new(url.to_owned()))
 }

@@ -14,7 +14,7 @@ use percent_encoding::percent_decode;
 
 use crate::auth::django::{self, DjangoHash};
 use crate::auth::password::{Hasher, Password};
-use crate::auth::throttle::Throttle;
+use crate::auth::throttle::{self, Throttle};
 use crate::gateway::response::{self, Body, LoginRejection, Rejection};
 use crate::store::{Store, StoreError, User};
 
@@ -46,6 +46,18 @@ pub struct Login<'a> {
 }
 
 impl Login<'_> {
+    /// The 429 for a limited login, after a tarpit: a client flooding
+    /// logins gets one answer per delay and connection, so the flood costs
+    /// timers, not the CPU that authenticated traffic needs (and the log
+    /// sees a line per delay).
+    async fn limited(&self, username: &str, which: throttle::Limited, wait: Duration) -> Rejection {
+        let client = self.client;
+        tracing::warn!(%client, user = %username, limited_by = ?which, retry_after_s = wait.as_secs(), "login limited");
+        let delay = self.limited_delay.min(wait);
+        tokio::time::sleep(delay).await;
+        LoginRejection::Limited(wait - delay).into()
+    }
+
     pub async fn handle(
         &self,
         req: Request<Incoming>,
@@ -68,16 +80,24 @@ impl Login<'_> {
             .reserve(client, &form.username, Instant::now())
         {
             Ok(attempt) => attempt,
-            Err((which, wait)) => {
-                tracing::warn!(%client, user = %username, limited_by = ?which, retry_after_s = wait.as_secs(), "login limited");
-                // A tarpit: a client flooding logins gets one answer per delay
-                // and connection, so the flood costs timers, not the CPU that
-                // authenticated traffic needs (and the log sees a line per delay).
-                let delay = self.limited_delay.min(wait);
-                tokio::time::sleep(delay).await;
-                return Err(LoginRejection::Limited(wait - delay).into());
-            }
+            Err((which, wait)) => return Err(self.limited(&username, which, wait).await),
         };
+        // The failures the other gateways on a shared store counted.
+        match self.store.login_ban(client, &form.username).await {
+            Ok(None) => {}
+            Ok(Some((key, wait))) => {
+                let which = if key == 0 {
+                    throttle::Limited::Client
+                } else {
+                    throttle::Limited::User
+                };
+                return Err(self.limited(&username, which, wait).await);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading shared login failures failed");
+                return Err(Rejection::StoreUnavailable);
+            }
+        }
         // Many failures across all clients slow every login down, for a
         // spray from many addresses that no per-key count sees.
         let slowed = self.throttle.global_delay(Instant::now());
@@ -86,7 +106,7 @@ impl Login<'_> {
             tokio::time::sleep(slowed).await;
         }
 
-        let user = match self.store.user(&form.username) {
+        let user = match self.store.user_async(&form.username).await {
             Ok(user) => user,
             Err(e) => {
                 tracing::error!(error = %e, "user lookup failed during login");
@@ -108,10 +128,25 @@ impl Login<'_> {
                 if let Some(ban) = attempt.fail(Instant::now()) {
                     tracing::warn!(%client, user = %username, ban_s = ban.as_secs(), "login ban started");
                 }
+                let policy = self.throttle.config();
+                match self
+                    .store
+                    .login_failed(client, &form.username, &policy)
+                    .await
+                {
+                    Ok(None) => {}
+                    Ok(Some(ban)) => {
+                        tracing::warn!(%client, user = %username, ban_s = ban.as_secs(), "login ban started on every gateway")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "counting a shared login failure failed"),
+                }
                 return Err(LoginRejection::BadCredentials.into());
             }
         };
         attempt.succeed();
+        if let Err(e) = self.store.login_succeeded(&form.username).await {
+            tracing::warn!(error = %e, "clearing shared login failures failed");
+        }
         if django::is_django(&user.password_hash) {
             self.rehash(&user, &form.password, &username).await;
         }

@@ -148,7 +148,11 @@ impl Gateway {
         let old = &self.started;
         for (what, changed) in [
             ("server.listen", old.server.listen != config.server.listen),
-            ("store.path", old.store.path != config.store.path),
+            (
+                "store",
+                old.store.path != config.store.path
+                    || old.store.describe() != config.store.describe(),
+            ),
             (
                 "server.max_connections",
                 old.server.max_connections != config.server.max_connections,
@@ -189,7 +193,39 @@ impl Gateway {
     /// upstream call runs here, at once: a request the gateway refuses
     /// costs no future, and one it forwards carries only the state of the
     /// exchange.
-    pub fn handle(self: &Arc<Self>, mut req: Request<Incoming>, peer: &Peer) -> Answer {
+    pub fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Answer {
+        if let Some(digest) = self.unheard_token(&req) {
+            // A shared store answers over the network: ask it first, off
+            // this thread, then run the checks, which find the answer cached.
+            let gateway = Arc::clone(self);
+            let peer = peer.clone();
+            return Answer::Waiting(Box::pin(async move {
+                // A failure or a dead token is found again, and answered,
+                // by the checks themselves.
+                let _ = gateway.tokens.fetch(&gateway.store, &digest).await;
+                match gateway.answer(req, &peer).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }));
+        }
+        self.answer(req, peer)
+    }
+
+    /// The token of a request whose check would wait on a shared store:
+    /// one the cache does not hold. Never for sled, which answers at once.
+    fn unheard_token(&self, req: &Request<Incoming>) -> Option<crate::store::token::TokenDigest> {
+        if self.store.is_embedded() {
+            return None;
+        }
+        let settings = self.settings.load();
+        match auth::credential(req.headers(), &settings.config.auth.schemes) {
+            Credential::Token(digest) if !self.tokens.holds(&self.store, &digest) => Some(digest),
+            _ => None,
+        }
+    }
+
+    fn answer(self: &Arc<Self>, mut req: Request<Incoming>, peer: &Peer) -> Answer {
         let mut pending = Pending::new(req.method().clone(), peer.ip_text.clone());
         let settings = self.settings.load_full();
         let server = &settings.config.server;

@@ -278,7 +278,7 @@ mod tests {
             restore(&b, &truncated),
             Err(BackupError::Invalid { .. })
         ));
-        assert!(b.is_empty(), "nothing was written");
+        assert!(b.is_empty().unwrap(), "nothing was written");
     }
 
     #[test]
@@ -293,7 +293,7 @@ mod tests {
         let b = Store::open(&dir.path().join("b")).unwrap();
         let e = restore(&b, &file).unwrap_err().to_string();
         assert!(e.contains("writable by others (mode 666)"), "{e}");
-        assert!(b.is_empty(), "nothing restored");
+        assert!(b.is_empty().unwrap(), "nothing restored");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
         if rustix::process::geteuid().is_root() {
             rustix::fs::chown(&file, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();

@@ -518,6 +518,18 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The store `config` names: PostgreSQL directly, as many processes
+    /// share it; sled through a running server's socket if one answers.
+    pub fn for_config(config: &crate::config::StoreConfig) -> Result<Self, BackendError> {
+        match config.backend {
+            crate::config::StoreBackend::Sled => Self::connect(&config.path),
+            crate::config::StoreBackend::Postgres(_) => Ok(Backend::Local(Store::connect(
+                config,
+                crate::store::Opener::Command,
+            )?)),
+        }
+    }
+
     /// Connects to a running server if one answers on the socket, else opens
     /// the store directly.
     pub fn connect(store_path: &Path) -> Result<Self, BackendError> {
@@ -534,7 +546,12 @@ impl Backend {
 
     pub fn run(&self, op: Op) -> Result<Reply, BackendError> {
         match self {
-            Backend::Local(store) => Ok(execute(store, None, op)?),
+            Backend::Local(store) if store.is_embedded() => Ok(execute(store, None, op)?),
+            // A shared store keeps the bans every gateway counts.
+            Backend::Local(store) => {
+                let bans = crate::store::SharedBans(store.clone());
+                Ok(execute(store, Some(&bans), op)?)
+            }
             Backend::Remote(socket) => {
                 let reply = call(socket, &op)?;
                 match reply {

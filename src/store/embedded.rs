@@ -3,7 +3,7 @@
 //! survives `kill -9`. A write that fails (a full disk) is reported, never
 //! acknowledged; sled then refuses all writes, so the store keeps
 //! answering reads from the failed database and reopens it from disk once
-//! the disk takes writes again (see `Store::reopen`).
+//! the disk takes writes again (see `Embedded::reopen`).
 //!
 //! Trees:
 //! - `users`:  username → `User` (JSON)
@@ -45,7 +45,7 @@ struct Handles {
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Clone)]
-pub struct Store {
+pub struct Embedded {
     path: Arc<Path>,
     /// `None` only while a failed database is being reopened. Each call
     /// holds its own `Arc` for its duration, so the reopen knows when the
@@ -190,7 +190,7 @@ fn probe_space(dir: &Path) -> std::io::Result<()> {
     written.and(removed)
 }
 
-impl Store {
+impl Embedded {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let handles = open_handles(path)?;
         Ok(Self {
@@ -200,6 +200,10 @@ impl Store {
             gate: Arc::new(RwLock::new(())),
             changes: Arc::new(Changes::default()),
         })
+    }
+
+    pub fn changes(&self) -> &Changes {
+        &self.changes
     }
 
     /// Every revocation from now on, each once it is durable (see
@@ -940,7 +944,12 @@ fn user_prefix(name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::temporary as store;
+
+    fn store() -> (tempfile::TempDir, Embedded) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
 
     #[test]
     fn token_lifecycle() {
@@ -1061,7 +1070,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let secret = {
-            let s = Store::open(&path).unwrap();
+            let s = Embedded::open(&path).unwrap();
             let user = s.add_user("frank", "h".into(), vec![]).unwrap();
             let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
             t.expose().to_owned()
@@ -1130,7 +1139,7 @@ mod tests {
             matches!(heard.try_recv(), Err(TryRecvError::Empty)),
             "an unknown token ends nothing"
         );
-        let changes: [&dyn Fn(&Store); 5] = [
+        let changes: [&dyn Fn(&Embedded); 5] = [
             &|s| s.set_password("ann", "h2".into()).unwrap(),
             &|s| s.set_disabled("ann", true).unwrap(),
             &|s| s.set_disabled("ann", false).unwrap(),

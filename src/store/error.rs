@@ -45,7 +45,7 @@ pub enum StoreError {
     #[error("no token with id `{0}`")]
     UnknownToken(String),
     #[error(
-        "the store is not empty; restore only into a new store (point store.path at an empty directory)"
+        "the store is not empty; restore only into a new store (an empty store.path directory, or an empty database at store.url)"
     )]
     NotEmpty,
     #[error("the snapshot is not usable: {0}")]
@@ -66,4 +66,10 @@ pub enum StoreError {
         "the database holds tokengate schema version {found}, newer than this binary knows ({supported}); run the newer tokengate, or upgrade this one"
     )]
     SchemaTooNew { found: i32, supported: i32 },
+    #[error(
+        "this gateway has not heard the database's notifications for {down_secs}s, longer than store.max_stale: it cannot know what was revoked meanwhile, so it refuses until the database answers again"
+    )]
+    OutOfTouch { down_secs: u64 },
+    #[error("the store's connection threads stopped; restart tokengate")]
+    Stopped,
 }

@@ -1,5 +1,7 @@
-//! The user and token store. Users and tokens live in an embedded sled
-//! database ([`embedded`]); every backend keeps the same records
+//! The user and token store, behind one handle ([`Store`]). Users and
+//! tokens live in an embedded sled database ([`embedded`]) or in a
+//! PostgreSQL database several gateways share ([`postgres`]); every
+//! backend keeps the same records
 //! ([`records`]), fails with the same errors ([`error`]) and announces
 //! what may have changed the same way ([`changes`]).
 //!
@@ -18,13 +20,15 @@ pub mod control;
 pub mod embedded;
 pub mod error;
 pub mod files;
+mod handle;
 pub mod postgres;
 pub mod records;
 pub mod token;
 
 pub use changes::Revoked;
-pub use embedded::{Store, TREES};
+pub use embedded::TREES;
 pub use error::StoreError;
+pub use handle::{Opener, SharedBans, Store};
 pub use records::*;
 
 /// A store in a fresh temporary directory, for unit tests here and in

@@ -9,7 +9,8 @@
 //! against the database. `Link` records since when the link is down, for
 //! the cache to stop trusting its answers after `store.max_stale`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -53,36 +54,54 @@ pub fn parse(payload: &str) -> Revoked {
     parsed.unwrap_or(Revoked::Any)
 }
 
-/// Whether this process hears the database's notifications.
-#[derive(Debug, Default)]
+/// Whether this process hears the database's notifications. Read on
+/// every request (`Store::in_touch`), so it is one atomic load.
+#[derive(Debug)]
 pub struct Link {
-    /// `None` while listening; else since when not (the process start
-    /// counts as lost until the first LISTEN).
-    down_since: Mutex<Option<Instant>>,
+    base: Instant,
+    /// Milliseconds after `base` since which the link is down; `UP` while
+    /// listening. The process start counts as down until the first LISTEN.
+    down_since: AtomicU64,
+}
+
+const UP: u64 = u64::MAX;
+
+impl Default for Link {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Link {
     pub fn new() -> Self {
         Self {
-            down_since: Mutex::new(Some(Instant::now())),
+            base: Instant::now(),
+            down_since: AtomicU64::new(0),
         }
     }
 
     /// How long the link has been down; `None` while listening.
     pub fn down_for(&self) -> Option<Duration> {
-        self.lock().map(|since| since.elapsed())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.down_since.lock().unwrap_or_else(|p| p.into_inner())
+        match self.down_since.load(Ordering::Acquire) {
+            UP => None,
+            since => Some(
+                self.base
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since)),
+            ),
+        }
     }
 
     fn up(&self) {
-        *self.lock() = None;
+        self.down_since.store(UP, Ordering::Release);
     }
 
     fn lost(&self) {
-        self.lock().get_or_insert_with(Instant::now);
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(UP - 1);
+        // Only the first loss counts: a retry that fails again is the same outage.
+        let _ = self
+            .down_since
+            .compare_exchange(UP, now, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -91,19 +110,19 @@ pub async fn listen(config: tokio_postgres::Config, changes: Arc<Changes>, link:
     let mut pause = RETRY_AFTER;
     loop {
         let heard = session(&config, &changes, &link).await;
+        // A link that was up starts a new outage: retry soon.
+        if link.down_for().is_none() {
+            pause = RETRY_AFTER;
+        }
         link.lost();
         if let Err(e) = heard {
             tracing::warn!(error = %e, "store: lost the database's notifications; reconnecting");
         }
-        // Ends every check cached before the loss once max_stale is out,
-        // and tells tunnels to recheck now.
-        changes.advance();
-        changes.announce(Revoked::Any);
+        // Cached checks stay trusted for store.max_stale (the cache asks
+        // `Link::down_for`); the reconnection empties the cache, so a
+        // revocation made meanwhile is never missed.
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_MAX);
-        if link.down_for().is_none() {
-            pause = RETRY_AFTER;
-        }
     }
 }
 

@@ -8,8 +8,12 @@
 //! Rows hold what the sled backend's records hold (`records`); epochs are
 //! stored as `bigint`, bit for bit.
 
+mod bulk;
+pub mod failures;
 pub mod listen;
+pub mod runner;
 pub mod schema;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +51,7 @@ pub struct Postgres {
 }
 
 /// Epochs are random u64s; the database keeps their bits in an i64.
-fn to_db(epoch: u64) -> i64 {
+pub(super) fn to_db(epoch: u64) -> i64 {
     epoch as i64
 }
 
@@ -55,7 +59,7 @@ fn from_db(epoch: i64) -> u64 {
     epoch as u64
 }
 
-fn seconds(v: u64) -> i64 {
+pub(super) fn seconds(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -63,7 +67,7 @@ fn unsigned(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn user_from(row: &Row) -> User {
+pub(super) fn user_from(row: &Row) -> User {
     User {
         username: row.get("username"),
         password_hash: row.get("password_hash"),
@@ -74,7 +78,7 @@ fn user_from(row: &Row) -> User {
     }
 }
 
-fn record_from(row: &Row) -> TokenRecord {
+pub(super) fn record_from(row: &Row) -> TokenRecord {
     TokenRecord {
         user: row.get("username"),
         epoch: from_db(row.get("epoch")),
@@ -86,7 +90,7 @@ fn record_from(row: &Row) -> TokenRecord {
     }
 }
 
-const USER_COLUMNS: &str = "username, password_hash, roles, disabled, created_at, epoch";
+pub(super) const USER_COLUMNS: &str = "username, password_hash, roles, disabled, created_at, epoch";
 
 impl Postgres {
     /// Connects, creating or migrating the schema. `url` is a libpq
@@ -135,13 +139,13 @@ impl Postgres {
         &self.link
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pooled)
     }
 
     /// After a committed write: this process drops its cached checks and
     /// tells its tunnels at once, before the notification comes back.
-    fn wrote(&self, revoked: Option<Revoked>) {
+    pub(super) fn wrote(&self, revoked: Option<Revoked>) {
         self.changes.advance();
         if let Some(revoked) = revoked {
             self.changes.announce(revoked);

@@ -36,6 +36,15 @@ const MIGRATIONS: &[&str] = &[
         scopes text[] NOT NULL DEFAULT '{}'
     );
     CREATE INDEX tokengate_tokens_by_user ON tokengate_tokens (username);",
+    // 2: login failures, counted across every gateway on the database.
+    "CREATE TABLE tokengate_login_failures (
+        key text PRIMARY KEY,
+        failures integer NOT NULL,
+        window_start bigint NOT NULL,
+        banned_until bigint,
+        strikes integer NOT NULL,
+        last_seen bigint NOT NULL
+    );",
 ];
 
 /// The newest schema this binary knows.
