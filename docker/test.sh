@@ -104,6 +104,13 @@ fi
 if [ "${#compose[@]}" -gt 0 ]; then
     "${compose[@]}" -f docker/compose.yaml config -q || fail "docker/compose.yaml is invalid"
     ok "docker/compose.yaml valid for ${compose[*]} $("${compose[@]}" version --short 2>/dev/null || true)"
+    # Its database password is required: checked with one, and refused without.
+    TOKENGATE_DB_PASSWORD=example "${compose[@]}" -f docker/compose.postgres.yaml config -q ||
+        fail "docker/compose.postgres.yaml is invalid"
+    if env -u TOKENGATE_DB_PASSWORD "${compose[@]}" -f docker/compose.postgres.yaml config -q 2>/dev/null; then
+        fail "docker/compose.postgres.yaml starts without TOKENGATE_DB_PASSWORD"
+    fi
+    ok "docker/compose.postgres.yaml valid, and needs TOKENGATE_DB_PASSWORD"
 else
     echo "   no docker-compose or docker compose: compose file not checked"
 fi

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::postgres::database;
+use common::postgres::{PrivateServer, create_database, database, scalar};
 
 use tokengate::store::changes::Revoked;
 use tokengate::store::postgres::Postgres;
@@ -281,5 +281,69 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A CA, and a server certificate it signed for `name` only.
+fn chain(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sslmodes_encrypt_and_verify_as_libpq_does() {
+    // The certificate names another host than the 127.0.0.1 dialled, so
+    // verify-ca (chain only) passes where verify-full (chain and name) must not.
+    let (ca, cert, key) = chain("db.internal");
+    let Some(pg) = PrivateServer::start_tls(&cert, &key) else {
+        return;
+    };
+    let url = create_database(&pg.url).await;
+    let ours = pg.file("ca.pem", &ca);
+    let (other_ca, _, _) = chain("db.internal");
+    let theirs = pg.file("other-ca.pem", &other_ca);
+    let encrypted = format!(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+         WHERE ssl AND datname = '{}'",
+        url.rsplit('/').next().unwrap()
+    );
+    for (query, encrypts) in [
+        ("sslmode=disable".to_owned(), false),
+        ("sslmode=require".to_owned(), true),
+        (
+            format!("sslmode=verify-ca&sslrootcert={}", ours.display()),
+            true,
+        ),
+    ] {
+        let store = open(&format!("{url}?{query}")).await;
+        store.ping().await.unwrap();
+        let tls = scalar(&url, &encrypted).await;
+        assert_eq!(tls > 0, encrypts, "{query}: {tls} TLS connections");
+        drop(store);
+    }
+    for (query, why) in [
+        (
+            format!("sslmode=verify-full&sslrootcert={}", ours.display()),
+            "another name",
+        ),
+        (
+            format!("sslmode=verify-ca&sslrootcert={}", theirs.display()),
+            "another CA",
+        ),
+    ] {
+        let refused = Postgres::open(&format!("{url}?{query}"), 1).await;
+        let Err(e) = refused else {
+            panic!("{query}: a certificate for {why} was accepted")
+        };
+        assert!(e.to_string().contains("certificate"), "{query}: {e}");
     }
 }

@@ -44,6 +44,11 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         value: |raw| &mut raw.store.path,
     },
     EnvOverride {
+        var: "TOKENGATE_STORE_BACKEND",
+        key: "store.backend",
+        value: |raw| &mut raw.store.backend,
+    },
+    EnvOverride {
         var: "TOKENGATE_STORE_URL",
         key: "store.url",
         value: |raw| {

@@ -695,13 +695,13 @@ fn parse_upstream_url(
     Ok((scheme, authority, base_path))
 }
 
-/// A PostgreSQL URL or key=value string the driver accepts, with an
-/// `sslmode` this build can honour. The message never repeats the URL: it
+/// A PostgreSQL URL or key=value string the driver accepts, with a known
+/// `sslmode`. The message never repeats the URL: it
 /// may hold a password.
 fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
-    url.parse::<tokio_postgres::Config>().map_err(|e| {
+    let parsed = crate::store::postgres::tls::parse(url)?;
+    parsed.url.parse::<tokio_postgres::Config>().map_err(|e| {
         format!("not a PostgreSQL URL ({e}); write postgres://USER:PASSWORD@HOST:PORT/DATABASE")
     })?;
-    crate::store::postgres::tls::mode_of(url)?;
     Ok(DatabaseUrl::new(url.to_owned()))
 }

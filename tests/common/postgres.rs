@@ -64,9 +64,13 @@ pub struct PrivateServer {
     pub url: String,
 }
 
-fn script(action: &str, dir: &Path) -> String {
+fn script(action: &str, dir: &Path, tls: Option<&Path>) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres.sh");
-    let out = Command::new(script).arg(action).arg(dir).output().unwrap();
+    let mut cmd = Command::new(script);
+    if let Some(tls) = tls {
+        cmd.env("TOKENGATE_PG_TLS", tls);
+    }
+    let out = cmd.arg(action).arg(dir).output().unwrap();
     assert!(
         out.status.success(),
         "postgres.sh {action}: {}",
@@ -79,6 +83,16 @@ impl PrivateServer {
     /// `None` where the shared server is not set up either (the same
     /// machines have the PostgreSQL binaries).
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// A server that also speaks TLS, with this certificate chain and key
+    /// (PEM).
+    pub fn start_tls(cert: &str, key: &str) -> Option<Self> {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<Self> {
         server_url()?;
         let dir = tempfile::tempdir().unwrap();
         // The server runs as the postgres user: it must reach its folder.
@@ -87,17 +101,31 @@ impl PrivateServer {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let url = script("start", &dir.path().join("pg"));
+        let files = tls.map(|(cert, key)| {
+            let files = dir.path().join("tls");
+            std::fs::create_dir(&files).unwrap();
+            std::fs::write(files.join("server.crt"), cert).unwrap();
+            std::fs::write(files.join("server.key"), key).unwrap();
+            files
+        });
+        let url = script("start", &dir.path().join("pg"), files.as_deref());
         Some(Self { dir, url })
     }
 
     pub fn stop(&self) {
-        script("stop", &self.dir.path().join("pg"));
+        script("stop", &self.dir.path().join("pg"), None);
     }
 
     /// Starts it again, on the same port.
     pub fn resume(&self) {
-        script("resume", &self.dir.path().join("pg"));
+        script("resume", &self.dir.path().join("pg"), None);
+    }
+
+    /// A file in the server's test folder, for the test's own use.
+    pub fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
     }
 }
 

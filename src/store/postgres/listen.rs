@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::changes::{Changes, Revoked};
 use crate::store::postgres::database;
@@ -106,10 +107,15 @@ impl Link {
 }
 
 /// Listens until the task is dropped, reconnecting with a growing pause.
-pub async fn listen(config: tokio_postgres::Config, changes: Arc<Changes>, link: Arc<Link>) {
+pub async fn listen(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    changes: Arc<Changes>,
+    link: Arc<Link>,
+) {
     let mut pause = RETRY_AFTER;
     loop {
-        let heard = session(&config, &changes, &link).await;
+        let heard = session(&config, &tls, &changes, &link).await;
         // A link that was up starts a new outage: retry soon.
         if link.down_for().is_none() {
             pause = RETRY_AFTER;
@@ -129,10 +135,11 @@ pub async fn listen(config: tokio_postgres::Config, changes: Arc<Changes>, link:
 /// One connection's worth of listening; returns when it fails.
 async fn session(
     config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
     changes: &Changes,
     link: &Link,
 ) -> Result<(), StoreError> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(database)?;
+    let (client, mut connection) = config.connect(tls.clone()).await.map_err(database)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(BACKLOG);
     let driver = tokio::spawn(async move {
         loop {

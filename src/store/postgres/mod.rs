@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::request::scope::Scope;
 use crate::store::changes::{Changes, Revoked};
@@ -34,18 +35,51 @@ use crate::store::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub fn database(e: tokio_postgres::Error) -> StoreError {
-    // tokio_postgres never puts the password in its messages.
-    StoreError::Database(e.to_string())
+    StoreError::Database(with_causes(&e))
 }
 
 fn pooled(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Database(with_causes(&e))
+}
+
+/// The error and what caused it ("error performing TLS handshake: invalid
+/// peer certificate: ..."): the driver's own message alone does not say
+/// what to fix. Neither the driver nor rustls puts the password in one.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The driver's config for `url` and the TLS connector its `sslmode` asks
+/// for (`tls`).
+pub fn connect_config(
+    url: &str,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
+    let parsed = tls::parse(url).map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
+    let mut config: tokio_postgres::Config = parsed
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreError::Database(format!("store.url: {e}")))?;
+    config.ssl_mode(parsed.mode.driver());
+    let connector =
+        tls::connector(&parsed).map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
+    Ok((config, connector))
 }
 
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     changes: Arc<Changes>,
     link: Arc<Link>,
 }
@@ -96,14 +130,11 @@ impl Postgres {
     /// Connects, creating or migrating the schema. `url` is a libpq
     /// connection string or `postgres://` URL.
     pub async fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Database(format!("store.url: {e}")))?;
-        let mut config = config;
+        let (mut config, tls) = connect_config(url)?;
         config.connect_timeout(CONNECT_TIMEOUT);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -120,6 +151,7 @@ impl Postgres {
         Ok(Self {
             pool,
             config,
+            tls,
             changes: Arc::new(Changes::default()),
             link: Arc::new(Link::new()),
         })
@@ -128,7 +160,12 @@ impl Postgres {
     /// The task that hears other processes' writes; run it for as long
     /// as the store serves cached checks.
     pub fn listen(&self) -> impl Future<Output = ()> + Send + 'static {
-        listen::listen(self.config.clone(), self.changes.clone(), self.link.clone())
+        listen::listen(
+            self.config.clone(),
+            self.tls.clone(),
+            self.changes.clone(),
+            self.link.clone(),
+        )
     }
 
     pub fn changes(&self) -> &Arc<Changes> {

@@ -1,18 +1,295 @@
-//! `sslmode` in the store URL.
+//! TLS to the database over rustls, with libpq's `sslmode`s. The driver
+//! knows only disable/prefer/require, and neither verification mode nor
+//! `sslrootcert`, so those two parameters are read here and taken out of
+//! the URL before the driver parses it.
+//!
+//! - `disable`: plain TCP.
+//! - `prefer` (libpq's default) and `require`: encrypted, the certificate
+//!   not checked (as libpq does without a root certificate); `prefer`
+//!   falls back to plain TCP when the server has no TLS.
+//! - `verify-ca`: the certificate must chain to a trusted root.
+//! - `verify-full`: that, and it must name the host connected to.
+//!
+//! Trusted roots: the file `sslrootcert` names (PEM), else the Web PKI's.
 
-/// The `sslmode` a URL or key=value string asks for (libpq's default,
-/// `prefer`, when absent), refused when this build cannot honour it.
-pub fn mode_of(url: &str) -> Result<&'static str, String> {
-    let value = url
-        .split(['?', '&', ' '])
-        .filter_map(|part| part.split_once('='))
-        .find(|(key, _)| key.trim() == "sslmode")
-        .map(|(_, value)| value.trim());
-    match value {
-        None | Some("prefer") => Ok("prefer"),
-        Some("disable") => Ok("disable"),
-        Some(other) => Err(format!(
-            "sslmode={other} is not supported by this build; use sslmode=disable on a trusted network"
-        )),
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl Mode {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "disable" => Mode::Disable,
+            "prefer" | "allow" => Mode::Prefer,
+            "require" => Mode::Require,
+            "verify-ca" => Mode::VerifyCa,
+            "verify-full" => Mode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode={other} is unknown; use disable, prefer, require, verify-ca or verify-full"
+                ));
+            }
+        })
+    }
+
+    /// What the driver is told: it negotiates, this module verifies.
+    pub fn driver(self) -> SslMode {
+        match self {
+            Mode::Disable => SslMode::Disable,
+            Mode::Prefer => SslMode::Prefer,
+            Mode::Require | Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
+        }
+    }
+}
+
+/// A store URL split into what the driver parses and the TLS settings.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The URL without `sslmode` and `sslrootcert`.
+    pub url: String,
+    pub mode: Mode,
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Reads `sslmode` and `sslrootcert` from a `postgres://` URL's query or a
+/// key=value string. Never repeats the URL in an error: it may hold a
+/// password.
+pub fn parse(url: &str) -> Result<Parsed, String> {
+    let mut mode = Mode::Prefer;
+    let mut root_cert = None;
+    let mut take = |key: &str, value: &str| -> Result<bool, String> {
+        match key.trim() {
+            "sslmode" => mode = Mode::parse(value.trim())?,
+            "sslrootcert" => root_cert = Some(PathBuf::from(value.trim())),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            None => url.to_owned(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&') {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if !take(k, v)? {
+                        kept.push(pair);
+                    }
+                }
+                match kept.is_empty() {
+                    true => base.to_owned(),
+                    false => format!("{base}?{}", kept.join("&")),
+                }
+            }
+        }
+    } else {
+        let mut kept = Vec::new();
+        for pair in url.split_whitespace() {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if !take(k, v)? {
+                kept.push(pair);
+            }
+        }
+        kept.join(" ")
+    };
+    if root_cert.is_some() && matches!(mode, Mode::Disable | Mode::Prefer | Mode::Require) {
+        // libpq verifies the chain whenever a root certificate is given.
+        mode = Mode::VerifyCa;
+    }
+    Ok(Parsed {
+        url: rest,
+        mode,
+        root_cert,
+    })
+}
+
+/// The connector for `parsed`'s mode and roots.
+pub fn connector(parsed: &Parsed) -> Result<MakeRustlsConnect, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = match parsed.mode {
+        Mode::Disable | Mode::Prefer | Mode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_no_client_auth(),
+        Mode::VerifyCa | Mode::VerifyFull => {
+            let roots = Arc::new(roots(parsed)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let verifier: Arc<dyn ServerCertVerifier> = match parsed.mode {
+                Mode::VerifyCa => Arc::new(AnyName(webpki)),
+                _ => webpki,
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth()
+        }
+    };
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn roots(parsed: &Parsed) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(path) = &parsed.root_cert else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(roots);
+    };
+    let unreadable = |e: &dyn std::fmt::Display| {
+        format!(
+            "sslrootcert {}: {e}; name a PEM file of CA certificates",
+            path.display()
+        )
+    };
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
+        roots
+            .add(cert.map_err(|e| unreadable(&e))?)
+            .map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no certificate in it"));
+    }
+    Ok(roots)
+}
+
+/// `require`: the channel is encrypted and its handshake signed by the
+/// certificate's key, but who holds that certificate is not checked.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain is checked, the name in the certificate is not.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_read_and_taken_out() {
+        let p = parse("postgres://u:p@h/db?sslmode=verify-full&application_name=x").unwrap();
+        assert_eq!(
+            (p.mode, p.url.as_str()),
+            (Mode::VerifyFull, "postgres://u:p@h/db?application_name=x")
+        );
+        let p = parse("postgres://h/db?sslrootcert=/ca.pem").unwrap();
+        assert_eq!(
+            (p.mode, p.url.as_str()),
+            (Mode::VerifyCa, "postgres://h/db")
+        );
+        assert_eq!(p.root_cert, Some(PathBuf::from("/ca.pem")));
+        let p = parse("host=h sslmode=require user=u").unwrap();
+        assert_eq!((p.mode, p.url.as_str()), (Mode::Require, "host=h user=u"));
+        assert_eq!(parse("postgres://h/db").unwrap().mode, Mode::Prefer);
+        let e = parse("postgres://u:s3cret@h/db?sslmode=bogus").unwrap_err();
+        assert!(e.contains("bogus") && !e.contains("s3cret"), "{e}");
     }
 }
