@@ -15,7 +15,9 @@
 # BENCH_PORT_BASE (18000) the first of seven ports, BENCH_KEEP=1 keeps the
 # work directory (configs, logs, raw results), BENCH_ONLY a space-separated
 # list of scenarios to run (token50 token200 noauth big upload flood store
-# idle), BENCH_DURATION and BENCH_ROUNDS override the run lengths.
+# idle postgres), BENCH_DURATION and BENCH_ROUNDS override the run lengths.
+# The postgres scenario starts a PostgreSQL server of its own
+# (.ci/postgres.sh, as root) and compares a gateway on it with one on sled.
 set -euo pipefail
 
 QUICK=0
@@ -34,12 +36,13 @@ LOAD_CPU=${BENCH_LOAD_CPU:-1}
 BASE=${BENCH_PORT_BASE:-18000}
 UP_PORT=$BASE ANCHOR_PORT=$((BASE + 1)) TG_PORT=$((BASE + 2))
 TG_NT_PORT=$((BASE + 3)) TG_1K_PORT=$((BASE + 4)) TG_BIG_PORT=$((BASE + 5)) TG_IDLE_PORT=$((BASE + 6))
+TG_PG_PORT=$((BASE + 7))
 if ((QUICK)); then
     DURATION=${BENCH_DURATION:-3} ROUNDS=${BENCH_ROUNDS:-2} BIG_TOKENS=100000
 else
     DURATION=${BENCH_DURATION:-8} ROUNDS=${BENCH_ROUNDS:-3} BIG_TOKENS=1000000
 fi
-ONLY=${BENCH_ONLY:-token50 token200 noauth big upload flood store idle}
+ONLY=${BENCH_ONLY:-token50 token200 noauth big upload flood store idle postgres}
 MIB=1048576
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -53,6 +56,7 @@ command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+if wants postgres && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing+=(postgresql); fi
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     apt-get update -qq
@@ -77,6 +81,7 @@ cleanup() {
         kill "$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    if [[ -n ${PG_STARTED:-} ]]; then "$ROOT/.ci/postgres.sh" stop "$DIR/pg"; fi
     if [[ ${BENCH_KEEP:-0} == 1 ]]; then
         log "work directory kept: $DIR"
     else
@@ -86,7 +91,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in $UP_PORT $ANCHOR_PORT $TG_PORT $TG_NT_PORT $TG_1K_PORT $TG_BIG_PORT $TG_IDLE_PORT; do
+for port in $UP_PORT $ANCHOR_PORT $TG_PORT $TG_NT_PORT $TG_1K_PORT $TG_BIG_PORT $TG_IDLE_PORT $TG_PG_PORT; do
     if ss -ltn "sport = :$port" | grep -q LISTEN; then
         echo "port $port is in use; set BENCH_PORT_BASE" >&2
         exit 1
@@ -130,7 +135,7 @@ start_tg() { # NAME PORT → pid in TG_PIDS[NAME]
 }
 declare -A TG_PIDS
 
-# nginx workers run as an unprivileged user: they must reach the body file.
+# nginx workers (and PostgreSQL) run as unprivileged users: they must reach the work folder.
 chmod 755 "$DIR"
 mkdir -p "$DIR/www"
 head -c $MIB /dev/urandom >"$DIR/www/big"
@@ -196,7 +201,7 @@ port_of() {
     case $1 in
         direct) echo "$UP_PORT" ;; nginx) echo "$ANCHOR_PORT" ;; tg) echo "$TG_PORT" ;;
         tg-nt) echo "$TG_NT_PORT" ;; tg-1k) echo "$TG_1K_PORT" ;; tg-big) echo "$TG_BIG_PORT" ;;
-        tg-idle) echo "$TG_IDLE_PORT" ;;
+        tg-idle) echo "$TG_IDLE_PORT" ;; tg-pg) echo "$TG_PG_PORT" ;;
     esac
 }
 cpu_ticks() { # utime + stime, then stime alone, of all threads, in clock ticks
@@ -305,6 +310,22 @@ if wants store; then
     kill "${TG_PIDS[tg-1k]}" "${TG_PIDS[tg-big]}"
 fi
 
+if wants postgres; then
+    # The same user and token, moved to a database by backup and restore.
+    "$ROOT/.ci/postgres.sh" start "$DIR/pg" >"$DIR/pg.url"
+    PG_STARTED=1
+    tg_config tg-pg "$TG_PG_PORT"
+    sed -i "s|^path = \"tg-pg-store\"|backend = \"postgres\"\nurl = \"$(cat "$DIR/pg.url")\"|" "$DIR/tg-pg.toml"
+    "$TG" backup "$DIR/moved.jsonl" -c "$DIR/tg.toml" >/dev/null
+    "$TG" restore "$DIR/moved.jsonl" -c "$DIR/tg-pg.toml" >/dev/null 2>&1
+    start_tg tg-pg "$TG_PG_PORT"
+    check "$TG_PG_PORT" "$AUTH" /small 200
+    BENCH_AUTH=$AUTH scenario "token c=50: sled vs postgres" 50 /small tg tg-pg
+    # Every request a full login: an argon2 hash and a stored token.
+    BENCH_LOGIN=ok scenario "logins c=4: sled vs postgres" 4 /login tg tg-pg
+    kill "${TG_PIDS[tg-pg]}"
+fi
+
 IDLE=()
 if wants idle; then
     # A fresh gateway: the flood above leaves argon2's memory behind.
@@ -391,11 +412,12 @@ END {
             note = ""
             if (errs[key]) note = note errs[key] " socket errors; "
             if (non2xx[key]) note = note non2xx[key] " non-2xx"
-            label = t == "tg-1k" ? "tg 1k" : t == "tg-big" ? "tg big" : t ~ /^tg/ ? "tokengate" : t
+            label = t == "tg-1k" ? "tg 1k" : t == "tg-big" ? "tg big" : t == "tg-pg" ? "tg pg" : t ~ /^tg/ ? "tokengate" : t
             printf "%-40s %-9s %9.0f %8.1f %8.2f %8.2f %9.1f %8.1f %8.1f %s\n", name, label, rps[t], mb[t], q50[t], q99[t], us[t], sy[t], mem[t], note
         }
         ratio(name, "tg/nginx", "tg", "nginx")
         ratio(name, "big/1k", "tg-big", "tg-1k")
+        ratio(name, "pg/sled", "tg-pg", "tg")
     }
 }' "$RESULTS"
 

@@ -1,7 +1,8 @@
 -- One wrk script for every scenario, set by environment variables:
 --   BENCH_AUTH    Authorization header value (unset: none)
 --   BENCH_UPLOAD  bytes of request body to POST (unset: GET)
---   BENCH_LOGIN   "1": POST a login form with a wrong password
+--   BENCH_LOGIN   "1": POST a login form with a wrong password; "ok": with
+--                 the right one (every request a full login, a token stored)
 --   BENCH_TOKENS  a file of tokens, one a line: each request takes the
 --                 next one, round-robin (`Authorization: Token ...`)
 -- It ends with one machine-readable line for bench/run.sh.
@@ -15,9 +16,11 @@ if upload then
     wrk.body = string.rep("x", upload)
     wrk.headers["Content-Type"] = "application/octet-stream"
 end
-if os.getenv("BENCH_LOGIN") == "1" then
+local login = os.getenv("BENCH_LOGIN")
+if login == "1" or login == "ok" then
     wrk.method = "POST"
-    wrk.body = "username=bench&password=not-the-password"
+    wrk.body = login == "ok" and "username=bench&password=bench%20password"
+        or "username=bench&password=not-the-password"
     wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 end
 

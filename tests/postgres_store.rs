@@ -347,3 +347,52 @@ async fn sslmodes_encrypt_and_verify_as_libpq_does() {
         assert!(e.to_string().contains("certificate"), "{query}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_adds_users_and_tokens_once_and_keeps_what_is_there() {
+    use tokengate::store::{ImportedToken, ImportedUser};
+    let Some(url) = database().await else { return };
+    let db = open(&url).await;
+    db.add_user("kept", "mine".into(), vec![]).await.unwrap();
+    let user = |name: &str, disabled| ImportedUser {
+        username: name.into(),
+        password_hash: "pbkdf2_sha256$1$salt$hash".into(),
+        roles: vec!["staff".into()],
+        disabled,
+    };
+    let secrets: Vec<Token> = (0..3).map(|_| Token::generate().unwrap()).collect();
+    let token = |name: &str, t: &Token| ImportedToken {
+        username: name.into(),
+        digest: t.digest(),
+        created_at: 1,
+        expires_at: None,
+        label: "django".into(),
+    };
+    let users = [user("ann", false), user("off", true), user("kept", false)];
+    let tokens = [
+        token("ann", &secrets[0]),
+        token("off", &secrets[1]),
+        token("kept", &secrets[2]),
+    ];
+    let done = db.import(&users, &tokens).await.unwrap();
+    assert_eq!(done.added, ["ann", "off"]);
+    assert_eq!(done.kept, ["kept"]);
+    assert_eq!(
+        done.tokens.get("django"),
+        Some(&1),
+        "only the enabled new user's"
+    );
+    let live = db.use_token(&secrets[0].digest()).await.unwrap().unwrap();
+    assert_eq!(live.identity.roles, ["staff"]);
+    assert!(db.use_token(&secrets[1].digest()).await.unwrap().is_none());
+    assert!(db.use_token(&secrets[2].digest()).await.unwrap().is_none());
+    assert_eq!(
+        db.user("kept").await.unwrap().unwrap().password_hash,
+        "mine"
+    );
+    let again = db.import(&users, &tokens).await.unwrap();
+    assert!(
+        again.added.is_empty() && again.tokens.is_empty(),
+        "{again:?}"
+    );
+}

@@ -17,8 +17,13 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+/// A password the test server (trust authentication) ignores: it is in
+/// every store URL here, and must never be printed.
+const PASSWORD: &str = "never-printed-pw";
+
 /// A config directory for gateways on the database at `url`.
 fn env_on(url: &str, upstream: SocketAddr, extra: &str) -> Env {
+    let url = url.replacen("://postgres@", &format!("://postgres:{PASSWORD}@"), 1);
     let env = Env::serving(upstream, extra);
     let text = std::fs::read_to_string(&env.config).unwrap().replace(
         "[store]\npath = \"data\"\n",
@@ -176,6 +181,14 @@ async fn three_gateways_share_users_and_tokens_and_hear_every_revocation_within_
     for &addr in &addrs {
         assert_eq!(get(addr, "/api", Some(&token)).await.status, 200);
     }
+    let checked = env.ok(&["check"]);
+    assert!(checked.contains(":***@"), "{checked}");
+    for g in gateways {
+        let log = g.stop_log();
+        assert!(log.contains(":***@"), "the store is named: {log}");
+        assert!(!log.contains(PASSWORD), "{log}");
+    }
+    assert!(!checked.contains(PASSWORD));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -232,6 +245,14 @@ async fn an_outage_fails_closed_after_max_stale_and_recovers_without_a_restart()
         "503 only after max_stale: {stale_for:?}"
     );
     assert_eq!(get(admin, "/readyz", None).await.status, 503);
+    // The CLI says the database is down, and not its password.
+    let out = env.run(&["user", "list"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("PostgreSQL is up") && !said.contains(PASSWORD),
+        "{said}"
+    );
     println!(
         "outage: cached tokens served for {:?}, then 503",
         stale_for - refused
@@ -241,6 +262,7 @@ async fn an_outage_fails_closed_after_max_stale_and_recovers_without_a_restart()
     // listens again is not announced to it, yet it is honoured.
     pg.resume();
     let back = Instant::now();
+    assert!(!gateway.log_text().contains(PASSWORD));
     let out = env.run_stdin(&["token", "revoke", "--secret"], &format!("{revoked}\n"));
     assert!(
         out.status.success(),

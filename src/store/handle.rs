@@ -148,8 +148,13 @@ impl Store {
     }
 
     pub fn load(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
-        let owned = entries.to_vec();
-        call!(self, s => s.load(entries), pg => pg.load(&owned).await)
+        match &self.backend {
+            Backend::Embedded(s) => s.load(entries),
+            Backend::Postgres(runner) => {
+                let entries = entries.to_vec();
+                runner.block(|pg| async move { pg.load(&entries).await })
+            }
+        }
     }
 
     /// Makes every write so far durable (PostgreSQL commits each one).
@@ -246,10 +251,13 @@ impl Store {
         users: &[ImportedUser],
         tokens: &[ImportedToken],
     ) -> Result<Imported, StoreError> {
-        let (owned_users, owned_tokens) = (users.to_vec(), tokens.to_vec());
-        call!(self,
-            s => s.import(users, tokens),
-            pg => pg.import(&owned_users, &owned_tokens).await)
+        match &self.backend {
+            Backend::Embedded(s) => s.import(users, tokens),
+            Backend::Postgres(runner) => {
+                let (users, tokens) = (users.to_vec(), tokens.to_vec());
+                runner.block(|pg| async move { pg.import(&users, &tokens).await })
+            }
+        }
     }
 
     /// The identity behind a token, if the token is live.

@@ -265,8 +265,10 @@ impl Postgres {
     }
 
     /// Deletes expired tokens (already refused at check time; this only
-    /// reclaims space). Returns how many.
+    /// reclaims space), and login failures long forgotten. Returns how
+    /// many tokens.
     pub async fn purge_expired(&self) -> Result<usize, StoreError> {
+        self.forget_login_failures().await?;
         let purged = self
             .client()
             .await?
