@@ -21,12 +21,11 @@ use arc_swap::ArcSwapOption;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::request::scope::Scope;
 use crate::store::changes::{Changes, Revoked};
 use crate::store::token::{Token, TokenDigest};
 use crate::store::{
     Identity, Imported, ImportedToken, ImportedUser, LAST_USED_GRANULARITY, LiveToken, StoreError,
-    TokenInfo, TokenRecord, User, new_token, now, random_u64, validate_role, validate_username,
+    TokenInfo, TokenRecord, User, now, random_u64, validate_role,
 };
 
 /// The open sled database and its trees. Replaced whole when the store is
@@ -452,24 +451,9 @@ impl Embedded {
             .collect()
     }
 
-    pub fn add_user(
-        &self,
-        username: &str,
-        password_hash: String,
-        roles: Vec<String>,
-    ) -> Result<User, StoreError> {
-        validate_username(username)?;
-        for role in &roles {
-            validate_role(role)?;
-        }
-        let user = User {
-            username: username.to_owned(),
-            password_hash,
-            roles,
-            disabled: false,
-            created_at: now(),
-            epoch: random_u64()?,
-        };
+    /// Stores a user made by `new_user`, unless one has the name already.
+    pub fn insert_user(&self, user: User) -> Result<User, StoreError> {
+        let username = user.username.as_str();
         let bytes = serde_json::to_vec(&user)?;
         self.ready_for_write()?;
         let _gate = self.writing();
@@ -606,23 +590,20 @@ impl Embedded {
         self.wrote(h.delete_tokens_of(name).and_then(|()| h.flush()))
     }
 
-    /// Issues a token to `user`, provided their credentials have not changed
-    /// since `user` was read (its epoch still holds). Returns only once the
-    /// token is on disk: a token that was not saved is never handed out.
-    pub fn issue_token(
+    /// Stores a token made by `new_token`, provided its user's credentials
+    /// have not changed since (its epoch still holds). Returns only once
+    /// the token is on disk: a token that was not saved is never handed out.
+    pub fn insert_token(
         &self,
-        user: &User,
-        ttl: Option<Duration>,
-        label: Option<String>,
-        scopes: &[Scope],
+        token: Token,
+        record: TokenRecord,
     ) -> Result<(Token, TokenRecord), StoreError> {
-        let (token, record) = new_token(user, ttl, label, scopes)?;
         let digest = token.digest();
         let bytes = serde_json::to_vec(&record)?;
         self.ready_for_write()?;
         let _gate = self.writing();
         let h = self.handles()?;
-        let name = user.username.as_str();
+        let name = record.user.as_str();
         self.wrote(
             unwrap_tx((&h.users, &h.tokens, &h.user_tokens).transaction(
                 |(users, tokens, user_tokens)| {
@@ -655,12 +636,6 @@ impl Embedded {
         users: &[ImportedUser],
         tokens: &[ImportedToken],
     ) -> Result<Imported, StoreError> {
-        for user in users {
-            validate_username(&user.username)?;
-            for role in &user.roles {
-                validate_role(role)?;
-            }
-        }
         // Drawn before the transaction, which may run more than once.
         let epochs: Vec<u64> = users
             .iter()
@@ -944,12 +919,8 @@ fn user_prefix(name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn store() -> (tempfile::TempDir, Embedded) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Embedded::open(&dir.path().join("db")).unwrap();
-        (dir, store)
-    }
+    use crate::store::Store;
+    use crate::store::temporary as store;
 
     #[test]
     fn token_lifecycle() {
@@ -1070,7 +1041,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let secret = {
-            let s = Embedded::open(&path).unwrap();
+            let s = Store::open(&path).unwrap();
             let user = s.add_user("frank", "h".into(), vec![]).unwrap();
             let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
             t.expose().to_owned()
@@ -1139,7 +1110,7 @@ mod tests {
             matches!(heard.try_recv(), Err(TryRecvError::Empty)),
             "an unknown token ends nothing"
         );
-        let changes: [&dyn Fn(&Embedded); 5] = [
+        let changes: [&dyn Fn(&Store); 5] = [
             &|s| s.set_password("ann", "h2".into()).unwrap(),
             &|s| s.set_disabled("ann", true).unwrap(),
             &|s| s.set_disabled("ann", false).unwrap(),

@@ -16,7 +16,7 @@ use crate::store::postgres::runner::Runner;
 use crate::store::token::{Token, TokenDigest};
 use crate::store::{
     Identity, Imported, ImportedToken, ImportedUser, LiveToken, Revoked, StoreError, TokenInfo,
-    TokenRecord, User,
+    TokenRecord, User, new_token, new_user, validate_user,
 };
 
 #[derive(Clone)]
@@ -191,10 +191,8 @@ impl Store {
         password_hash: String,
         roles: Vec<String>,
     ) -> Result<User, StoreError> {
-        let username = username.to_owned();
-        call!(self,
-            s => s.add_user(&username, password_hash, roles),
-            pg => pg.add_user(&username, password_hash, roles).await)
+        let user = new_user(username, password_hash, roles)?;
+        call!(self, s => s.insert_user(user), pg => pg.insert_user(user).await)
     }
 
     pub fn set_roles(&self, name: &str, roles: Vec<String>) -> Result<(), StoreError> {
@@ -240,17 +238,23 @@ impl Store {
         label: Option<String>,
         scopes: &[Scope],
     ) -> Result<(Token, TokenRecord), StoreError> {
-        let (user, scopes) = (user.clone(), scopes.to_vec());
+        let (token, record) = new_token(user, ttl, label, scopes)?;
         call!(self,
-            s => s.issue_token(&user, ttl, label, &scopes),
-            pg => pg.issue_token(&user, ttl, label, &scopes).await)
+            s => s.insert_token(token, record),
+            pg => pg.insert_token(token, record).await)
     }
 
+    /// Adds users and their tokens from elsewhere (Django) in one
+    /// transaction; a name already present is kept, with none of the
+    /// imported tokens.
     pub fn import(
         &self,
         users: &[ImportedUser],
         tokens: &[ImportedToken],
     ) -> Result<Imported, StoreError> {
+        for user in users {
+            validate_user(&user.username, &user.roles)?;
+        }
         match &self.backend {
             Backend::Embedded(s) => s.import(users, tokens),
             Backend::Postgres(runner) => {

@@ -150,6 +150,30 @@ pub fn validate_role(role: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Checks a name and roles as every backend stores them.
+pub fn validate_user(username: &str, roles: &[String]) -> Result<(), StoreError> {
+    validate_username(username)?;
+    roles.iter().try_for_each(|role| validate_role(role))
+}
+
+/// A new, enabled user with a fresh epoch, checked the same way whichever
+/// backend keeps it.
+pub fn new_user(
+    username: &str,
+    password_hash: String,
+    roles: Vec<String>,
+) -> Result<User, StoreError> {
+    validate_user(username, &roles)?;
+    Ok(User {
+        username: username.to_owned(),
+        password_hash,
+        roles,
+        disabled: false,
+        created_at: now(),
+        epoch: random_u64()?,
+    })
+}
+
 /// A random epoch (or any u64 the store needs unguessable).
 pub fn random_u64() -> Result<u64, StoreError> {
     let mut b = [0u8; 8];

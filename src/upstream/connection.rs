@@ -173,7 +173,7 @@ impl hyper::body::Body for Upload {
             }
             return Poll::Pending;
         }
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let polled = self.body.poll_next(cx);
         if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
             self.progress.taken();
         }
@@ -414,8 +414,7 @@ impl Conn {
         req: Request<Outbound>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
         async move {
-            self.progress
-                .start(!hyper::body::Body::is_end_stream(req.body()));
+            self.progress.start(!req.body().is_end_stream());
             let progress = Arc::clone(&self.progress);
             let req = req.map(|body| Upload { body, progress });
             // Queued within a window: queueing wakes the driver, and the
@@ -461,68 +460,22 @@ impl Conn {
     }
 }
 
-impl Read for Io {
-    #[inline]
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            Io::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
+/// Calls `$call` with `$s` bound to the stream `$io` holds, pinned: the
+/// one match every I/O method of the transport needs, with no dynamic
+/// dispatch on the hot path.
+macro_rules! on_stream {
+    ($io:expr, $s:ident => $call:expr) => {
+        match $io {
+            Io::Plain($s) => {
+                let $s = Pin::new($s);
+                $call
+            }
+            Io::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $call
+            }
         }
-    }
-}
-
-impl Write for Io {
-    #[inline]
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            Io::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
-        }
-    }
-
-    #[inline]
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_flush(cx),
-            Io::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
-        }
-    }
-
-    #[inline]
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            Io::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
-        }
-    }
-
-    #[inline]
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(io) => io.is_write_vectored(),
-            Io::Tls(io) => io.is_write_vectored(),
-        }
-    }
-
-    #[inline]
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Io::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
-        }
-    }
+    };
 }
 
 impl Read for Watched {
@@ -533,7 +486,7 @@ impl Read for Watched {
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let polled = on_stream!(&mut this.io, s => s.poll_read(cx, buf));
         if polled.is_ready() {
             this.progress.heard();
         }
@@ -548,14 +501,14 @@ impl Write for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        on_stream!(&mut self.get_mut().io, s => s.poll_write(cx, buf))
     }
 
     /// hyper flushes the transport only once its own buffer is empty.
     #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        let polled = on_stream!(&mut this.io, s => s.poll_flush(cx));
         if let Poll::Ready(Ok(())) = polled {
             this.progress.flushed();
         }
@@ -564,12 +517,15 @@ impl Write for Watched {
 
     #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        on_stream!(&mut self.get_mut().io, s => s.poll_shutdown(cx))
     }
 
     #[inline]
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     #[inline]
@@ -578,7 +534,7 @@ impl Write for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        on_stream!(&mut self.get_mut().io, s => s.poll_write_vectored(cx, bufs))
     }
 }
 

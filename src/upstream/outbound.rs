@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use hyper::body::{Frame, Incoming};
+use hyper::body::{Body, Frame, Incoming};
 
 /// A client's request body on its way upstream: data streams through
 /// untouched, trailers are dropped. Trailers could carry a second copy of
@@ -23,14 +23,13 @@ impl Outbound {
 #[error("reading the client's request body failed")]
 pub struct ClientBodyError(#[source] hyper::Error);
 
-impl hyper::body::Body for Outbound {
-    type Data = bytes::Bytes;
-    type Error = ClientBodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
+/// `http_body::Body`'s three calls, which `connection::Upload` (the one
+/// body hyper sees) makes on this one, without a second trait impl.
+impl Outbound {
+    pub fn poll_next(
+        &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, ClientBodyError>>> {
         match Pin::new(&mut self.0).poll_frame(cx) {
             // Trailers are the last frame: ending here loses nothing else.
             Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
@@ -38,11 +37,11 @@ impl hyper::body::Body for Outbound {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    pub fn is_end_stream(&self) -> bool {
         self.0.is_end_stream()
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
+    pub fn size_hint(&self) -> hyper::body::SizeHint {
         self.0.size_hint()
     }
 }

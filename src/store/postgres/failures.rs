@@ -64,30 +64,39 @@ fn wait(until: i64, now: i64) -> Duration {
 }
 
 impl Postgres {
-    /// The longest ban in force on any of `keys`, and which key it is on.
-    pub async fn login_ban(
+    /// Bans in force, longest first: each key and the time left; on
+    /// `keys` only, when given.
+    async fn bans_in_force(
         &self,
-        keys: &[String],
-    ) -> Result<Option<(usize, Duration)>, StoreError> {
+        keys: Option<&[String]>,
+    ) -> Result<Vec<(String, Duration)>, StoreError> {
         let now = now_ms();
         let rows = self
             .client()
             .await?
             .query(
                 "SELECT key, banned_until FROM tokengate_login_failures
-                 WHERE key = ANY($1) AND banned_until > $2",
+                 WHERE ($1::text[] IS NULL OR key = ANY($1)) AND banned_until > $2
+                 ORDER BY banned_until DESC, key",
                 &[&keys, &now],
             )
             .await
             .map_err(database)?;
         Ok(rows
             .iter()
-            .filter_map(|row| {
-                let key: &str = row.get(0);
-                let at = keys.iter().position(|k| k == key)?;
-                Some((at, wait(row.get(1), now)))
-            })
-            .max_by_key(|(_, wait)| *wait))
+            .map(|row| (row.get(0), wait(row.get(1), now)))
+            .collect())
+    }
+
+    /// The longest ban in force on any of `keys`, and which key it is on.
+    pub async fn login_ban(
+        &self,
+        keys: &[String],
+    ) -> Result<Option<(usize, Duration)>, StoreError> {
+        let bans = self.bans_in_force(Some(keys)).await?;
+        Ok(bans
+            .into_iter()
+            .find_map(|(key, left)| Some((keys.iter().position(|k| *k == key)?, left))))
     }
 
     /// Counts one failed login on each of `keys`; returns the longest ban
@@ -166,28 +175,12 @@ impl Postgres {
         Ok(())
     }
 
-    /// Bans in force: each key and the seconds left.
+    /// Bans in force for `throttle list`: who and the seconds left.
     pub async fn login_bans(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let now = now_ms();
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT key, banned_until FROM tokengate_login_failures
-                 WHERE banned_until > $1 ORDER BY banned_until DESC, key",
-                &[&now],
-            )
-            .await
-            .map_err(database)?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let key: &str = row.get(0);
-                (
-                    shown(key).to_owned(),
-                    wait(row.get(1), now).as_secs().max(1),
-                )
-            })
+        let bans = self.bans_in_force(None).await?;
+        Ok(bans
+            .into_iter()
+            .map(|(key, left)| (shown(&key).to_owned(), left.as_secs().max(1)))
             .collect())
     }
 

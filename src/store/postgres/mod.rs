@@ -22,13 +22,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::request::scope::Scope;
 use crate::store::changes::{Changes, Revoked};
 use crate::store::postgres::listen::Link;
 use crate::store::token::{Token, TokenDigest};
 use crate::store::{
-    Identity, LAST_USED_GRANULARITY, LiveToken, StoreError, TokenInfo, TokenRecord, User,
-    new_token, now, random_u64, validate_role, validate_username,
+    Identity, LAST_USED_GRANULARITY, LiveToken, StoreError, TokenInfo, TokenRecord, User, now,
+    random_u64, validate_role,
 };
 
 /// How long a call waits for a pooled connection, or for a new one.
@@ -224,24 +223,9 @@ impl Postgres {
         Ok(rows.iter().map(user_from).collect())
     }
 
-    pub async fn add_user(
-        &self,
-        username: &str,
-        password_hash: String,
-        roles: Vec<String>,
-    ) -> Result<User, StoreError> {
-        validate_username(username)?;
-        for role in &roles {
-            validate_role(role)?;
-        }
-        let user = User {
-            username: username.to_owned(),
-            password_hash,
-            roles,
-            disabled: false,
-            created_at: now(),
-            epoch: random_u64()?,
-        };
+    /// Stores a user made by `new_user`, unless one has the name already.
+    pub async fn insert_user(&self, user: User) -> Result<User, StoreError> {
+        let username = user.username.as_str();
         let added = self
             .client()
             .await?
@@ -377,16 +361,14 @@ impl Postgres {
         .await
     }
 
-    /// Issues a token to `user` if their epoch still holds and they are
-    /// enabled, in one statement: a token is returned only once committed.
-    pub async fn issue_token(
+    /// Stores a token made by `new_token` if its user's epoch still holds
+    /// and they are enabled, in one statement: a token is returned only
+    /// once committed.
+    pub async fn insert_token(
         &self,
-        user: &User,
-        ttl: Option<Duration>,
-        label: Option<String>,
-        scopes: &[Scope],
+        token: Token,
+        record: TokenRecord,
     ) -> Result<(Token, TokenRecord), StoreError> {
-        let (token, record) = new_token(user, ttl, label, scopes)?;
         let digest = token.digest();
         let client = self.client().await?;
         let inserted = client
