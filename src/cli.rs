@@ -215,6 +215,13 @@ pub fn main() -> anyhow::Result<ExitCode> {
                     path.display()
                 );
             }
+            if let Some(portal) = &config.portal {
+                eprintln!(
+                    "{}: note: {} and every path below it are the token page's, never forwarded to the upstream",
+                    path.display(),
+                    portal.path
+                );
+            }
             eprintln!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -73,6 +73,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub admin: Option<AdminConfig>,
+    /// `[portal]`: the token page; `None` = no page.
+    pub portal: Option<PortalConfig>,
     pub log: LogConfig,
     pub throttle: ThrottleConfig,
     pub rules: Vec<Rule>,
@@ -170,6 +172,24 @@ pub struct StoreConfig {
     /// sled's directory; for PostgreSQL, where nothing is kept.
     pub path: PathBuf,
     pub backend: StoreBackend,
+}
+
+/// `[portal]`: the token page for people.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Served by the gateway itself, with everything below it.
+    pub path: String,
+    pub session_ttl: Duration,
+    /// Users with this role also manage every user.
+    pub admin_role: String,
+}
+
+impl PortalConfig {
+    /// Whether `path` (canonical) is the page's or below it.
+    pub fn owns(&self, path: &str) -> bool {
+        path.strip_prefix(self.path.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 impl StoreConfig {
@@ -714,6 +734,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.store.describe(), "postgres://env/tg");
+    }
+
+    #[test]
+    fn the_token_page_has_defaults_and_a_path_of_its_own() {
+        assert!(load("").unwrap().portal.is_none(), "no [portal]: no page");
+        let c = load("[portal]\n").unwrap();
+        let p = c.portal.unwrap();
+        assert_eq!(p.path, "/_tokengate");
+        assert_eq!(p.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(p.admin_role, "admin");
+        assert!(p.owns("/_tokengate") && p.owns("/_tokengate/tokens"));
+        assert!(!p.owns("/_tokengatex") && !p.owns("/api"));
+        for (text, says) in [
+            ("[portal]\npath = \"/\"\n", "whole API"),
+            ("[portal]\npath = \"/x/\"\n", "end with"),
+            ("[portal]\npath = \"/x/../y\"\n", "plain path"),
+            ("[auth]\nlogin_path = \"/me/login\"\n[portal]\npath = \"/me\"\n", "/me/login"),
+            ("[portal]\nsession_ttl = \"0s\"\n", ""),
+            ("[portal]\nadmin_role = \"a b\"\n", "role"),
+        ] {
+            let p = problems(text);
+            assert!(p[0].key.starts_with("portal."), "{text}: {p:?}");
+            assert!(p[0].message.contains(says), "{text}: {}", p[0].message);
+        }
     }
 
     #[test]

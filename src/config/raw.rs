@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portal: Option<RawPortal>,
     pub log: RawLog,
     pub throttle: RawThrottle,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -167,6 +169,24 @@ impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: s("127.0.0.1:9090"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPortal {
+    pub path: Spanned<String>,
+    pub session_ttl: Spanned<String>,
+    pub admin_role: Spanned<String>,
+}
+
+impl Default for RawPortal {
+    fn default() -> Self {
+        Self {
+            path: s("/_tokengate"),
+            session_ttl: s("12h"),
+            admin_role: s("admin"),
         }
     }
 }

@@ -83,6 +83,7 @@ impl<'a> Validator<'a> {
                 .parse("admin.listen", &admin.listen, |l| parse_listen(l))
                 .map(|listen| Some(AdminConfig { listen })),
         };
+        let portal = self.portal(&raw, auth.as_ref());
         let log = self.log(&raw);
         let throttle = self.throttle(&raw);
         let rules = self.rules(&raw);
@@ -93,10 +94,59 @@ impl<'a> Validator<'a> {
             store: store?,
             auth: auth?,
             admin: admin?,
+            portal: portal?,
             log: log?,
             throttle: throttle?,
             rules: rules?,
         })
+    }
+
+    fn portal(
+        &mut self,
+        raw: &RawConfig,
+        auth: Option<&AuthConfig>,
+    ) -> Option<Option<PortalConfig>> {
+        let Some(r) = &raw.portal else {
+            return Some(None);
+        };
+        let path = self.parse("portal.path", &r.path, |p| match exact_path(p)? {
+            p if p == "/" => Err("must not be `/`: the whole API would be the page's".into()),
+            p if p.ends_with('/') => Err("must not end with `/`".into()),
+            p => Ok(p),
+        });
+        if let (Some(path), Some(auth)) = (&path, auth) {
+            let portal = PortalConfig {
+                path: path.clone(),
+                session_ttl: Duration::ZERO,
+                admin_role: String::new(),
+            };
+            let clash = [
+                Some(&auth.login_path),
+                Some(&auth.logout_path),
+                auth.forward_auth_path.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|p| portal.owns(p));
+            if let Some(clash) = clash {
+                self.problem(
+                    "portal.path",
+                    &r.path,
+                    format!("must not hold {clash}, which the gateway already answers"),
+                );
+            }
+        }
+        let session_ttl = self.parse("portal.session_ttl", &r.session_ttl, |d| positive(d));
+        let admin_role = self.parse("portal.admin_role", &r.admin_role, |role| {
+            crate::store::validate_role(role)
+                .map(|()| role.clone())
+                .map_err(|e| e.to_string())
+        });
+        Some(Some(PortalConfig {
+            path: path?,
+            session_ttl: session_ttl?,
+            admin_role: admin_role?,
+        }))
     }
 
     fn store(&mut self, raw: &RawConfig, base: &Path) -> Option<StoreConfig> {

@@ -16,7 +16,9 @@ use crate::auth::django::{self, DjangoHash};
 use crate::auth::password::{Hasher, Password};
 use crate::auth::throttle::{self, Throttle};
 use crate::gateway::response::{self, Body, LoginRejection, Rejection};
-use crate::store::{Store, StoreError, User};
+use crate::request::scope::Scope;
+use crate::store::token::Token;
+use crate::store::{Store, StoreError, TokenRecord, User};
 
 /// The credentials a login body carried.
 #[derive(Debug)]
@@ -68,6 +70,30 @@ impl Login<'_> {
         let format = content_format(req.headers())?;
         let body = read_body(req, self.max_body, self.body_timeout).await?;
         let form = parse(format, &body)?;
+        let (user, username) = self.authenticate(&form).await?;
+        let (token, record) = self
+            .issue(user, &username, self.token_ttl, None, &[])
+            .await?;
+        tracing::info!(client = %self.client, user = %username, "login succeeded");
+        let expires_at = record.expires_at.map(crate::time::rfc3339);
+        let mut response = response::json(
+            StatusCode::OK,
+            &serde_json::json!({ "token": token.expose(), "expires_at": expires_at }),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+            .headers_mut()
+            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok((response, username))
+    }
+
+    /// The user `form` names if its password is theirs and they may log
+    /// in, with the name as logs may show it: throttled, timed alike for
+    /// every failure, and counted, as every sign-in is (`/login` and the
+    /// token page).
+    pub async fn authenticate(&self, form: &LoginForm) -> Result<(User, String), Rejection> {
         // What the log lines below carry: the name as sent when it could be
         // a username, escaped otherwise, so a login cannot forge log lines.
         let username = loggable(&form.username);
@@ -150,12 +176,25 @@ impl Login<'_> {
         if django::is_django(&user.password_hash) {
             self.rehash(&user, &form.password, &username).await;
         }
+        Ok((user, username))
+    }
 
+    /// A token for `user` as `authenticate` returned them: none when their
+    /// credentials changed meanwhile, and only once it is stored.
+    pub async fn issue(
+        &self,
+        user: User,
+        username: &str,
+        ttl: Option<Duration>,
+        label: Option<String>,
+        scopes: &[Scope],
+    ) -> Result<(Token, TokenRecord), Rejection> {
         let store = self.store.clone();
-        let ttl = self.token_ttl;
+        let scopes = scopes.to_vec();
         let issued =
-            tokio::task::spawn_blocking(move || store.issue_token(&user, ttl, None, &[])).await;
-        let (token, record) = match issued {
+            tokio::task::spawn_blocking(move || store.issue_token(&user, ttl, label, &scopes))
+                .await;
+        let issued = match issued {
             Ok(Ok(issued)) => issued,
             Ok(Err(StoreError::Stale | StoreError::UnknownUser(_))) => {
                 tracing::info!(user = %username, "login raced a credential change");
@@ -170,19 +209,7 @@ impl Login<'_> {
                 return Err(Rejection::StoreUnavailable);
             }
         };
-        tracing::info!(%client, user = %username, "login succeeded");
-        let expires_at = record.expires_at.map(crate::time::rfc3339);
-        let mut response = response::json(
-            StatusCode::OK,
-            &serde_json::json!({ "token": token.expose(), "expires_at": expires_at }),
-        );
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
-            .headers_mut()
-            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        Ok((response, username))
+        Ok(issued)
     }
 }
 
@@ -220,7 +247,7 @@ fn content_format(headers: &HeaderMap) -> Result<Format, LoginRejection> {
     }
 }
 
-async fn read_body(
+pub(crate) async fn read_body(
     req: Request<Incoming>,
     max: u64,
     deadline: Duration,
@@ -297,7 +324,7 @@ fn parse_form(body: &[u8]) -> Result<Fields, LoginRejection> {
     Ok((username, password))
 }
 
-fn decode_form(raw: &[u8]) -> Result<String, LoginRejection> {
+pub(crate) fn decode_form(raw: &[u8]) -> Result<String, LoginRejection> {
     let spaced: Vec<u8> = raw
         .iter()
         .map(|b| if *b == b'+' { b' ' } else { *b })

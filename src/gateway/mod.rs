@@ -9,6 +9,7 @@ pub mod forward;
 mod forward_auth;
 pub mod login;
 pub mod policy;
+pub mod portal;
 pub mod request_id;
 pub mod response;
 pub mod target;
@@ -324,6 +325,18 @@ impl Gateway {
             s.config.server.max_path_length,
         )?);
         let auth = &s.config.auth;
+        if let Some(portal) = &s.config.portal
+            && portal.owns(path)
+        {
+            let client = forward::client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
+            let secure = peer.proto == "https"
+                || (forward::from_trusted_proxy(&s.config.server, peer)
+                    && req
+                        .headers()
+                        .get("x-forwarded-proto")
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+            return Ok(Admitted::Local(Local::Portal { client, secure }));
+        }
         if path == auth.login_path {
             let client = forward::client_ip(peer, req.headers(), &s.config.server.trusted_proxies);
             return Ok(Admitted::Local(Local::Login(client)));
@@ -418,7 +431,50 @@ impl Gateway {
             // Boxed: large (body reading, argon2).
             Local::Login(client) => Box::pin(self.login(s, req, client, outcome)).await,
             Local::Logout => self.logout(s, &req, outcome).await,
+            Local::Portal { client, secure } => {
+                Box::pin(self.portal(s, req, client, secure, outcome)).await
+            }
         }
+    }
+
+    /// The sign-in check for `client`, as `/login` and the token page run it.
+    fn login_for<'a>(&'a self, s: &'a Settings, client: IpAddr) -> Login<'a> {
+        let auth = &s.config.auth;
+        Login {
+            store: &self.store,
+            hasher: &s.hasher,
+            throttle: &self.throttle,
+            client,
+            max_body: auth.max_login_body,
+            body_timeout: auth.login_body_timeout,
+            token_ttl: auth.token_ttl,
+            limited_delay: s.config.throttle.limited_delay,
+        }
+    }
+
+    async fn portal(
+        &self,
+        s: &Settings,
+        req: Request<Incoming>,
+        client: IpAddr,
+        secure: bool,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Rejection> {
+        // Admitted under these very settings, so the page is configured.
+        let Some(config) = &s.config.portal else {
+            return Err(Rejection::BadRequest("no token page is configured"));
+        };
+        let portal = portal::Portal {
+            config,
+            auth: &s.config.auth,
+            store: &self.store,
+            login: self.login_for(s, client),
+            secure,
+        };
+        let path = outcome.path.clone().unwrap_or_default();
+        let (response, user) = portal.handle(req, &path).await;
+        outcome.user = user.map(Arc::from);
+        Ok(response)
     }
 
     async fn login(
@@ -428,17 +484,7 @@ impl Gateway {
         client: IpAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, Rejection> {
-        let auth = &s.config.auth;
-        let login = Login {
-            store: &self.store,
-            hasher: &s.hasher,
-            throttle: &self.throttle,
-            client,
-            max_body: auth.max_login_body,
-            body_timeout: auth.login_body_timeout,
-            token_ttl: auth.token_ttl,
-            limited_delay: s.config.throttle.limited_delay,
-        };
+        let login = self.login_for(s, client);
         let started = Instant::now();
         let result = login.handle(req).await;
         self.metrics.login_latency.observe(started.elapsed());
@@ -502,6 +548,11 @@ enum Local {
     /// With the client's address, for the login throttle.
     Login(IpAddr),
     Logout,
+    /// The token page; `secure`: the client came over TLS.
+    Portal {
+        client: IpAddr,
+        secure: bool,
+    },
 }
 
 /// The answer to one request, as hyper's service future: ready at once
