@@ -750,7 +750,10 @@ mod tests {
             ("[portal]\npath = \"/\"\n", "whole API"),
             ("[portal]\npath = \"/x/\"\n", "end with"),
             ("[portal]\npath = \"/x/../y\"\n", "plain path"),
-            ("[auth]\nlogin_path = \"/me/login\"\n[portal]\npath = \"/me\"\n", "/me/login"),
+            (
+                "[auth]\nlogin_path = \"/me/login\"\n[portal]\npath = \"/me\"\n",
+                "/me/login",
+            ),
             ("[portal]\nsession_ttl = \"0s\"\n", ""),
             ("[portal]\nadmin_role = \"a b\"\n", "role"),
         ] {

@@ -84,7 +84,10 @@ impl Portal<'_> {
                         user = Some(s.user.clone());
                         self.dashboard(&s, StatusCode::OK, notice, None, None).await
                     }
-                    None => Answer::Page(StatusCode::OK, page::sign_in(&self.config.path, None)),
+                    None => Answer::Page(
+                        StatusCode::OK,
+                        page::sign_in(&self.config.path, None, notice),
+                    ),
                 }
             }
             ("" | "/", _) => Answer::MethodNotAllowed("GET"),
@@ -227,7 +230,11 @@ impl Portal<'_> {
                 None,
             ),
         };
-        Answer::Limited(status, page::sign_in(&self.config.path, Some(text)), retry)
+        Answer::Limited(
+            status,
+            page::sign_in(&self.config.path, Some(text), None),
+            retry,
+        )
     }
 
     async fn sign_out(&self, s: &Session) -> Answer {

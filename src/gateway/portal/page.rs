@@ -53,11 +53,13 @@ fn layout(base: &str, title: &str, session: Option<(&str, &str)>, body: &str) ->
     )
 }
 
-/// The sign-in form, with `error` above it.
-pub fn sign_in(base: &str, error: Option<&str>) -> String {
-    let error = error.map_or_else(String::new, |e| {
-        format!("<p class=\"notice error\" role=\"alert\">{}</p>", escape(e))
-    });
+/// The sign-in form, with `error` or `notice` above it.
+pub fn sign_in(base: &str, error: Option<&str>, notice: Option<&str>) -> String {
+    let error = match (error, notice) {
+        (Some(e), _) => format!("<p class=\"notice error\" role=\"alert\">{}</p>", escape(e)),
+        (None, Some(n)) => format!("<p class=\"notice\" role=\"status\">{}</p>", escape(n)),
+        (None, None) => String::new(),
+    };
     let body = format!(
         "<section class=\"signin\"><h2>Sign in</h2>{error}\
          <form method=\"post\" action=\"{}/sign-in\">\
@@ -244,7 +246,7 @@ mod tests {
             escape("<a href=\"x\">'&"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
         );
-        let page = sign_in("/_tg", Some("<script>"));
+        let page = sign_in("/_tg", Some("<script>"), None);
         assert!(page.contains("&lt;script&gt;") && !page.contains("<script>alert"));
         assert!(
             !page.contains("style=") && !page.contains("onclick"),

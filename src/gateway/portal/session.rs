@@ -78,13 +78,14 @@ pub fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Whether a POST comes from the page itself: a browser says where a
-/// request comes from (Sec-Fetch-Site, Origin), and anything but this
-/// origin is refused, whatever the form holds.
+/// Whether a POST comes from the page itself. A browser says where a
+/// request comes from in Sec-Fetch-Site, which no page can forge; where it
+/// is absent (an older browser), Origin must be this origin. Origin alone
+/// is not enough with this page's `Referrer-Policy: no-referrer`: browsers
+/// then send `Origin: null` on the page's own forms.
 pub fn same_origin(headers: &HeaderMap, scheme: &str) -> bool {
-    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    if site.is_some_and(|s| s != "same-origin" && s != "none") {
-        return false;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
     }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
@@ -150,7 +151,19 @@ mod tests {
         );
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(!same_origin(&h, "http"));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        assert!(!same_origin(&h, "http"), "another port or subdomain");
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(
+            same_origin(&h, "http"),
+            "the page's own form under no-referrer"
+        );
+        h.remove("sec-fetch-site");
+        assert!(
+            !same_origin(&h, "http"),
+            "no Fetch Metadata: Origin decides"
+        );
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://evil.example"),
