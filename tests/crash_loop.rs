@@ -248,6 +248,30 @@ impl Worker {
     }
 
     /// One operation on one of this worker's users. True when it was cut off.
+    /// A CLI change that ends every token of user `u`: `pending` until the
+    /// CLI acknowledges it, then `apply` to the model. `true` when the
+    /// command was cut off by the kill.
+    async fn end_tokens(
+        &mut self,
+        ctx: &Ctx<'_>,
+        u: usize,
+        pending: Pending,
+        (cmd, stdin): (Vec<String>, Option<String>),
+        apply: impl FnOnce(&mut Account, &mut Stats),
+    ) -> bool {
+        self.pending = Some(pending);
+        match ctx.cli(cmd, stdin).await {
+            Seen::CutOff => true,
+            Seen::Ack(_) => {
+                self.pending = None;
+                let a = &mut self.accounts[u];
+                apply(a, &mut self.stats);
+                a.kill_all();
+                false
+            }
+        }
+    }
+
     async fn step(&mut self, ctx: &Ctx<'_>) -> bool {
         let u = self.rng.below(self.accounts.len() as u64) as usize;
         let seed = ctx.seed;
@@ -400,50 +424,35 @@ impl Worker {
             }
             80..=87 => {
                 let password = a.next_password();
-                self.pending = Some(Pending::Passwd {
+                let pending = Pending::Passwd {
                     user: u,
                     password: password.clone(),
-                });
+                };
                 let cmd = args(&["user", "passwd", &name, "--password-stdin"]);
-                match ctx.cli(cmd, Some(format!("{password}\n"))).await {
-                    Seen::CutOff => true,
-                    Seen::Ack(_) => {
-                        self.pending = None;
-                        let a = &mut self.accounts[u];
-                        a.password = password;
-                        a.kill_all();
-                        self.stats.passwd += 1;
-                        false
-                    }
-                }
+                let stdin = Some(format!("{password}\n"));
+                self.end_tokens(ctx, u, pending, (cmd, stdin), |a, stats| {
+                    a.password = password;
+                    stats.passwd += 1;
+                })
+                .await
             }
             88..=94 => {
-                self.pending = Some(Pending::Disable { user: u });
-                match ctx.cli(args(&["user", "disable", &name]), None).await {
-                    Seen::CutOff => true,
-                    Seen::Ack(_) => {
-                        self.pending = None;
-                        let a = &mut self.accounts[u];
-                        a.disabled = true;
-                        a.kill_all();
-                        self.stats.disabled += 1;
-                        false
-                    }
-                }
+                let cmd = args(&["user", "disable", &name]);
+                let pending = Pending::Disable { user: u };
+                self.end_tokens(ctx, u, pending, (cmd, None), |a, stats| {
+                    a.disabled = true;
+                    stats.disabled += 1;
+                })
+                .await
             }
             95..=99 => {
-                self.pending = Some(Pending::Remove { user: u });
-                match ctx.cli(args(&["user", "remove", &name]), None).await {
-                    Seen::CutOff => true,
-                    Seen::Ack(_) => {
-                        self.pending = None;
-                        let a = &mut self.accounts[u];
-                        a.exists = false;
-                        a.kill_all();
-                        self.stats.removed += 1;
-                        false
-                    }
-                }
+                let cmd = args(&["user", "remove", &name]);
+                let pending = Pending::Remove { user: u };
+                self.end_tokens(ctx, u, pending, (cmd, None), |a, stats| {
+                    a.exists = false;
+                    stats.removed += 1;
+                })
+                .await
             }
             // A branch whose condition failed (no live token, or at the cap):
             // a request without effect keeps the step count honest.

@@ -186,10 +186,7 @@ async fn a_head_of_more_than_100_header_fields_gets_431() {
 
 #[tokio::test]
 async fn identity_headers_hidden_in_trailers_never_arrive() {
-    let up = echo_upstream().await;
-    let gw = Gateway::start(up.addr, "").await;
-    gw.add_user("tim", "pw", &[]);
-    let token = gw.login("tim", "pw").await;
+    let (_up, gw, token) = gateway_with_token("", "tim").await;
     let request = format!(
         "POST /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Token {token}\r\n\
          Transfer-Encoding: chunked\r\nTrailer: X-Auth-User\r\n\r\n\

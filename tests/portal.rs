@@ -239,6 +239,23 @@ async fn revoke_all_ends_every_api_token_and_keeps_the_session() {
     assert!(page(&gw, &session).await.text().contains("Signed in as"));
 }
 
+/// The password form: the current password, the new one, and again.
+async fn change_password(
+    gw: &Gateway,
+    session: &str,
+    html: &str,
+    [old, new, confirm]: [&str; 3],
+) -> Reply {
+    let fields = [
+        ("csrf", csrf(html)),
+        ("old", old.into()),
+        ("new", new.into()),
+        ("confirm", confirm.into()),
+    ];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    post(gw, "/password", Some(session), &fields).await
+}
+
 #[tokio::test]
 async fn a_password_change_ends_every_other_session_and_token() {
     let (_up, gw) = gateway("").await;
@@ -246,43 +263,22 @@ async fn a_password_change_ends_every_other_session_and_token() {
     let other = sign_in(&gw, "ann", "ann-password").await;
     let session = sign_in(&gw, "ann", "ann-password").await;
     let html = page(&gw, &session).await.text();
-    let wrong = post(
+    let wrong = change_password(
         &gw,
-        "/password",
-        Some(&session),
-        &[
-            ("csrf", &csrf(&html)),
-            ("old", "not-it"),
-            ("new", "n3w-password"),
-            ("confirm", "n3w-password"),
-        ],
+        &session,
+        &html,
+        ["not-it", "n3w-password", "n3w-password"],
     )
     .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     assert_eq!(api(&gw, &token).await, 200, "nothing changed");
-    let differ = post(
-        &gw,
-        "/password",
-        Some(&session),
-        &[
-            ("csrf", &csrf(&html)),
-            ("old", "ann-password"),
-            ("new", "a"),
-            ("confirm", "b"),
-        ],
-    )
-    .await;
+    let differ = change_password(&gw, &session, &html, ["ann-password", "a", "b"]).await;
     assert_eq!(differ.status, StatusCode::BAD_REQUEST);
-    let changed = post(
+    let changed = change_password(
         &gw,
-        "/password",
-        Some(&session),
-        &[
-            ("csrf", &csrf(&html)),
-            ("old", "ann-password"),
-            ("new", "n3w-password"),
-            ("confirm", "n3w-password"),
-        ],
+        &session,
+        &html,
+        ["ann-password", "n3w-password", "n3w-password"],
     )
     .await;
     assert_eq!(changed.status, StatusCode::SEE_OTHER, "{}", changed.text());

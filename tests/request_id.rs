@@ -39,10 +39,7 @@ fn response_id(r: &Reply) -> String {
 
 #[tokio::test]
 async fn the_upstream_and_the_client_see_one_new_id() {
-    let up = echo_upstream().await;
-    let gw = Gateway::start(up.addr, "").await;
-    gw.add_user("ann", "pw", &[]);
-    let token = gw.login("ann", "pw").await;
+    let (_up, gw, token) = gateway_with_token("", "ann").await;
     let r = get(gw.addr, "/x", Some(&token)).await;
     let id = response_id(&r);
     assert_eq!(id.len(), 32, "{id}");
@@ -99,10 +96,7 @@ async fn ids_are_unique_across_ten_thousand_requests() {
 
 #[tokio::test]
 async fn a_clients_own_id_is_replaced_unless_a_trusted_proxy_sent_it() {
-    let up = echo_upstream().await;
-    let gw = Gateway::start(up.addr, "").await;
-    gw.add_user("ann", "pw", &[]);
-    let token = gw.login("ann", "pw").await;
+    let (up, gw, token) = gateway_with_token("", "ann").await;
     let forged = [("x-request-id", "forged-1"), ("x_request_id", "forged-2")];
     let r = send(gw.addr, get_with("/x", Some(&token), &forged)).await;
     let id = response_id(&r);

@@ -174,10 +174,7 @@ async fn plain_http_is_refused_on_a_tls_listener() {
 
 #[tokio::test]
 async fn h2c_prior_knowledge_on_plain_listeners() {
-    let up = echo_upstream().await;
-    let gw = Gateway::start(up.addr, "").await;
-    gw.add_user("hugo", "pw", &[]);
-    let token = gw.login("hugo", "pw").await;
+    let (_up, gw, token) = gateway_with_token("", "hugo").await;
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut h2, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -350,10 +347,7 @@ async fn reload_picks_up_a_renewed_certificate() {
 #[tokio::test]
 async fn websocket_upgrades_are_tunneled_for_authorized_requests_only() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = echo_upstream().await;
-    let gw = Gateway::start(up.addr, "").await;
-    gw.add_user("wes", "pw", &[]);
-    let token = gw.login("wes", "pw").await;
+    let (_up, gw, token) = gateway_with_token("", "wes").await;
 
     let (head, mut s) = upgrade(gw.addr, "/ws", Some(&token), "websocket").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");

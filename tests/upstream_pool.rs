@@ -40,49 +40,75 @@ const HOLDERS: usize = 60;
 async fn counting_upstream() -> Counting {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let open = Arc::new(AtomicUsize::new(0));
-    let (acc, opn) = (accepted.clone(), open.clone());
+    let conns = Conns::default();
     let hold = Arc::new(tokio::sync::Barrier::new(HOLDERS));
     let barrier = hold.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
-            opn.fetch_add(1, Ordering::SeqCst);
-            let opn = opn.clone();
+    serve_counted(listener, conns.clone(), move |id| {
+        let barrier = barrier.clone();
+        service_fn(move |req: Request<Incoming>| {
             let barrier = barrier.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let barrier = barrier.clone();
-                    async move {
-                        if req.uri().path() == "/hold" {
-                            barrier.wait().await;
-                        }
-                        if req.uri().path() == "/len" {
-                            let len = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map_or(0, |b| b.to_bytes().len());
-                            let text = format!("conn={id} path=/len len={len}");
-                            return Ok(Response::new(Full::new(Bytes::from(text)).boxed()));
-                        }
-                        Ok::<_, Infallible>(answer(id, req))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-                opn.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
+            async move {
+                if req.uri().path() == "/hold" {
+                    barrier.wait().await;
+                }
+                if req.uri().path() == "/len" {
+                    let len = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_or(0, |b| b.to_bytes().len());
+                    let text = format!("conn={id} path=/len len={len}");
+                    return Ok(Response::new(Full::new(Bytes::from(text)).boxed()));
+                }
+                Ok::<_, Infallible>(answer(id, req))
+            }
+        })
     });
     Counting {
         addr,
         hold,
-        accepted,
-        open,
+        accepted: conns.accepted,
+        open: conns.open,
     }
+}
+
+/// Connections an upstream accepted, has open, and had open at most.
+#[derive(Clone, Default)]
+struct Conns {
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    most_open: Arc<AtomicUsize>,
+}
+
+/// Serves every connection `listener` accepts with the service `make`
+/// gives for it (its number, from 1), counting them in `conns`.
+fn serve_counted<S, B>(
+    listener: TcpListener,
+    conns: Conns,
+    make: impl Fn(usize) -> S + Send + 'static,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let id = conns.accepted.fetch_add(1, Ordering::SeqCst) + 1;
+            let now_open = conns.open.fetch_add(1, Ordering::SeqCst) + 1;
+            conns.most_open.fetch_max(now_open, Ordering::SeqCst);
+            let (svc, open) = (make(id), conns.open.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
 }
 
 fn answer(id: usize, req: Request<Incoming>) -> Response<UpBody> {
@@ -605,46 +631,29 @@ async fn gated_upstream() -> Gated {
     let addr = listener.local_addr().unwrap();
     let release = Arc::new(tokio::sync::Semaphore::new(0));
     let arrived = Arc::new(AtomicUsize::new(0));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let most_open = Arc::new(AtomicUsize::new(0));
-    let open = Arc::new(AtomicUsize::new(0));
-    let (rel, arr, acc, most) = (
-        release.clone(),
-        arrived.clone(),
-        accepted.clone(),
-        most_open.clone(),
-    );
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
-            most.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-            let (rel, arr, open) = (rel.clone(), arr.clone(), open.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let (rel, arr) = (rel.clone(), arr.clone());
-                    async move {
-                        let path = req.uri().path().to_owned();
-                        if path.starts_with("/slow") {
-                            arr.fetch_add(1, Ordering::SeqCst);
-                            rel.acquire().await.unwrap().forget();
-                        }
-                        let text = format!("conn={id} path={path}");
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-                open.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
+    let conns = Conns::default();
+    let (rel, arr) = (release.clone(), arrived.clone());
+    serve_counted(listener, conns.clone(), move |id| {
+        let (rel, arr) = (rel.clone(), arr.clone());
+        service_fn(move |req: Request<Incoming>| {
+            let (rel, arr) = (rel.clone(), arr.clone());
+            async move {
+                let path = req.uri().path().to_owned();
+                if path.starts_with("/slow") {
+                    arr.fetch_add(1, Ordering::SeqCst);
+                    rel.acquire().await.unwrap().forget();
+                }
+                let text = format!("conn={id} path={path}");
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+            }
+        })
     });
     Gated {
         addr,
         release,
         arrived,
-        accepted,
-        most_open,
+        accepted: conns.accepted,
+        most_open: conns.most_open,
     }
 }
 

@@ -225,6 +225,16 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// An echo upstream, a gateway over it (`extra` as for [`Gateway::start`])
+/// and a token of a user `name` (password "pw", no roles).
+pub async fn gateway_with_token(extra: &str, name: &str) -> (EchoUpstream, Gateway, String) {
+    let up = echo_upstream().await;
+    let gw = Gateway::start(up.addr, extra).await;
+    gw.add_user(name, "pw", &[]);
+    let token = gw.login(name, "pw").await;
+    (up, gw, token)
+}
+
 /// A running gateway over a temporary store.
 pub struct Gateway {
     pub addr: SocketAddr,
