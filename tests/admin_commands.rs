@@ -113,14 +113,11 @@ async fn bans_are_listed_and_lifted_while_serving() {
     }
     let limited = send(server.addr, common::binary::login_request("ann", "right")).await;
     assert_eq!(limited.status, 429);
-    let bans = env.json(&["throttle", "list", "--json"]);
-    let who: Vec<&str> = bans
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["who"].as_str().unwrap())
-        .collect();
-    assert!(who.contains(&"ann") && who.contains(&"127.0.0.1"), "{bans}");
+    let (who, bans) = env.banned();
+    assert!(
+        who.contains(&"ann".into()) && who.contains(&"127.0.0.1".into()),
+        "{bans}"
+    );
     assert!(bans[0]["until"].as_str().unwrap().ends_with('Z'), "{bans}");
 
     env.ok(&["throttle", "unban", "ann"]);

@@ -58,23 +58,15 @@ async fn user_add_reads_stdin_and_list_json_shows_users() {
     // The password is the line without its newline.
     let up = echo_upstream().await;
     let (gw, _reload) = Gateway::start_text(&cli.gateway_config(up.addr), |_| {}).await;
-    let login = |pw: &'static str| {
-        let addr = gw.addr;
-        async move {
-            send(
-                addr,
-                http::Request::post("/login")
-                    .header("content-type", "application/json")
-                    .body(serde_json::json!({"username": "alice", "password": pw}).to_string())
-                    .unwrap(),
-            )
-            .await
-        }
-    };
-    let r = login("s3cret pw").await;
+    let r = send(gw.addr, common::binary::login_request("alice", "s3cret pw")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let token = r.json()["token"].as_str().unwrap().to_owned();
-    assert_eq!(login("s3cret pw\n").await.status, 401);
+    let r2 = send(
+        gw.addr,
+        common::binary::login_request("alice", "s3cret pw\n"),
+    )
+    .await;
+    assert_eq!(r2.status, 401);
     let seen = get(gw.addr, "/x", Some(&token)).await.seen();
     assert_eq!(seen.header("x-auth-roles"), Some("admin,ops"));
     gw.stop().await;
@@ -84,17 +76,7 @@ async fn user_add_reads_stdin_and_list_json_shows_users() {
 fn adding_an_existing_user_fails_clearly_and_changes_nothing() {
     let cli = Env::nested("http://127.0.0.1:9");
     cli.add_user_with_roles("alice", "first", &["ops"]);
-    let out = cli.run_stdin(
-        &[
-            "user",
-            "add",
-            "alice",
-            "--role",
-            "admin",
-            "--password-stdin",
-        ],
-        "second\n",
-    );
+    let out = cli.run_stdin(common::binary::ADD_ALICE_AS_ADMIN, "second\n");
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -357,38 +339,34 @@ fn the_config_flag_works_before_and_after_the_subcommand() {
 fn tokengate_config_names_the_file_when_there_is_no_flag() {
     let cli = Env::nested("http://127.0.0.1:9");
     cli.add_user_with_roles("alice", "pw", &[]);
-    let out = cli
-        .bare()
-        .env("TOKENGATE_CONFIG", &cli.config)
-        .args(["user", "list", "--json"])
-        .output()
-        .unwrap();
+    // `args` with $TOKENGATE_CONFIG set to `config`, and nothing else.
+    let run = |config: &std::path::Path, args: &[&std::ffi::OsStr]| {
+        let mut cmd = cli.bare();
+        cmd.env("TOKENGATE_CONFIG", config).args(args);
+        cmd.output().unwrap()
+    };
+    let missing = cli.dir.path().join("missing.toml");
+    let out = run(
+        &cli.config,
+        &["user".as_ref(), "list".as_ref(), "--json".as_ref()],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(users_by_name(&serde_json::from_slice(&out.stdout).unwrap()).contains_key("alice"));
-    let out = cli
-        .bare()
-        .env("TOKENGATE_CONFIG", &cli.config)
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = run(&cli.config, &["check".as_ref()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
     // The flag wins over the variable.
-    let out = cli
-        .bare()
-        .env("TOKENGATE_CONFIG", cli.dir.path().join("missing.toml"))
-        .args(["user", "list", "--json", "-c"])
-        .arg(&cli.config)
-        .output()
-        .unwrap();
+    let flag = [
+        "user".as_ref(),
+        "list".as_ref(),
+        "--json".as_ref(),
+        "-c".as_ref(),
+        cli.config.as_os_str(),
+    ];
+    let out = run(&missing, &flag);
     assert!(out.status.success(), "{}", stderr(&out));
     // And a variable naming a missing file fails, naming it.
-    let out = cli
-        .bare()
-        .env("TOKENGATE_CONFIG", cli.dir.path().join("missing.toml"))
-        .args(["user", "list"])
-        .output()
-        .unwrap();
+    let out = run(&missing, &["user".as_ref(), "list".as_ref()]);
     fails_saying(&out, "missing.toml");
 }
 

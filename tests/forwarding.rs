@@ -864,22 +864,9 @@ async fn framework_trusted_headers_are_stripped() {
     gw.stop().await;
 
     // A configured list replaces the default one.
-    let gw = Gateway::start_edited(
-        &format!("http://{}", up.addr),
-        "public = [\"/**\"]",
-        in_section("[upstream]", "strip_headers = [\"X-Tenant\"]"),
-    )
-    .await;
-    let r = send(
-        gw.addr,
-        with_framework_headers(Request::get("/x"))
-            .header("x-tenant", "other")
-            .header("X_TENANT", "other")
-            .body(Bytes::new())
-            .unwrap(),
-    )
-    .await;
-    let seen = r.seen();
+    let gw = public_gateway(up.addr, ("[upstream]", "strip_headers = [\"X-Tenant\"]")).await;
+    let tenant = [("x-tenant", "other"), ("X_TENANT", "other")];
+    let seen = framework_seen(&gw, &tenant).await;
     assert!(!seen.has_header_like("x-tenant"), "{:?}", seen.headers);
     assert_eq!(seen.header("x-original-url"), Some("/admin"));
     assert_eq!(seen.header("true-client-ip"), Some("203.0.113.2"));
@@ -887,20 +874,8 @@ async fn framework_trusted_headers_are_stripped() {
 
     // From a trusted proxy X-Real-IP stays (it names the client the proxy
     // saw, as its X-Forwarded-For chain does); its underscore twin does not.
-    let gw = Gateway::start_edited(
-        &format!("http://{}", up.addr),
-        "public = [\"/**\"]",
-        in_section("[server]", "trusted_proxies = [\"127.0.0.1\"]"),
-    )
-    .await;
-    let seen = send(
-        gw.addr,
-        with_framework_headers(Request::get("/x"))
-            .body(Bytes::new())
-            .unwrap(),
-    )
-    .await
-    .seen();
+    let gw = public_gateway(up.addr, ("[server]", "trusted_proxies = [\"127.0.0.1\"]")).await;
+    let seen = framework_seen(&gw, &[]).await;
     let real_ip: Vec<_> = seen
         .headers
         .iter()
@@ -918,4 +893,20 @@ async fn framework_trusted_headers_are_stripped() {
         seen.headers
     );
     gw.stop().await;
+}
+
+/// A gateway where every path is public, with `line` added to `section`.
+async fn public_gateway(upstream: SocketAddr, (section, line): (&'static str, &str)) -> Gateway {
+    let url = format!("http://{upstream}");
+    Gateway::start_edited(&url, "public = [\"/**\"]", in_section(section, line)).await
+}
+
+/// What the upstream saw of GET /x sent with the framework headers and
+/// `extra`.
+async fn framework_seen(gw: &Gateway, extra: &[(&str, &str)]) -> Seen {
+    let mut req = with_framework_headers(Request::get("/x"));
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    send(gw.addr, req.body(Bytes::new()).unwrap()).await.seen()
 }

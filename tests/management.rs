@@ -18,17 +18,7 @@ use hyper_util::rt::TokioIo;
 /// The same sequence of commands, checked by their output; `server` tells
 /// whether the HTTP side can be checked too.
 async fn manage_users_and_tokens(env: &Env, server: Option<SocketAddr>) {
-    let out = env.run_stdin(
-        &[
-            "user",
-            "add",
-            "alice",
-            "--role",
-            "admin",
-            "--password-stdin",
-        ],
-        "pw-alice\n",
-    );
+    let out = env.run_stdin(common::binary::ADD_ALICE_AS_ADMIN, "pw-alice\n");
     assert!(
         out.status.success(),
         "{}",

@@ -74,19 +74,7 @@ async fn health_readiness_and_metrics_after_traffic() {
     assert_eq!(get(g.admin, "/readyz", None).await.status, 200);
     assert_eq!(get(g.admin, "/nope", None).await.status, 404);
 
-    let login = |password: &'static str| {
-        let addr = g.gw;
-        async move {
-            send(
-                addr,
-                http::Request::post("/login")
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(format!("username=ann&password={password}"))
-                    .unwrap(),
-            )
-            .await
-        }
-    };
+    let login = |password: &'static str| send(g.gw, common::binary::login_request("ann", password));
     assert_eq!(login("bad").await.status, 401);
     let token = login("pw").await.json()["token"]
         .as_str()

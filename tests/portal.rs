@@ -49,15 +49,20 @@ async fn page(gw: &Gateway, cookie: &str) -> Reply {
     send(gw.addr, req).await
 }
 
-/// Signs in; the session secret from the cookie.
-async fn sign_in(gw: &Gateway, user: &str, password: &str) -> String {
-    let r = post(
+/// The sign-in form, sent as the page sends it.
+async fn sign_in_form(gw: &Gateway, user: &str, password: &str) -> Reply {
+    post(
         gw,
         "/sign-in",
         None,
         &[("username", user), ("password", password)],
     )
-    .await;
+    .await
+}
+
+/// Signs in; the session secret from the cookie.
+async fn sign_in(gw: &Gateway, user: &str, password: &str) -> String {
+    let r = sign_in_form(gw, user, password).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     let cookie = r.headers["set-cookie"].to_str().unwrap();
     let value = cookie.strip_prefix("tg_session=").unwrap();
@@ -120,13 +125,7 @@ async fn a_person_signs_in_creates_a_token_uses_it_and_revokes_it() {
     assert!(first.text().contains("Sign in"));
     assert_page_headers(&first);
 
-    let r = post(
-        &gw,
-        "/sign-in",
-        None,
-        &[("username", "ann"), ("password", "ann-password")],
-    )
-    .await;
+    let r = sign_in_form(&gw, "ann", "ann-password").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.headers["location"], "/_tokengate/");
     let cookie = r.headers["set-cookie"].to_str().unwrap();
@@ -312,33 +311,15 @@ async fn wrong_passwords_are_401_then_429_and_service_users_cannot_sign_in() {
     gw.store
         .add_user("robot", tokengate::store::NO_PASSWORD.into(), vec![])
         .unwrap();
-    let r = post(
-        &gw,
-        "/sign-in",
-        None,
-        &[("username", "robot"), ("password", "!")],
-    )
-    .await;
+    let r = sign_in_form(&gw, "robot", "!").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     for _ in 0..2 {
-        let r = post(
-            &gw,
-            "/sign-in",
-            None,
-            &[("username", "ann"), ("password", "nope")],
-        )
-        .await;
+        let r = sign_in_form(&gw, "ann", "nope").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert!(r.text().contains("Wrong username or password."));
         assert_page_headers(&r);
     }
-    let r = post(
-        &gw,
-        "/sign-in",
-        None,
-        &[("username", "ann"), ("password", "ann-password")],
-    )
-    .await;
+    let r = sign_in_form(&gw, "ann", "ann-password").await;
     assert_eq!(
         r.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -384,13 +365,7 @@ async fn an_administrator_disables_enables_and_revokes_users_and_nobody_else_can
         page(&gw, &ann).await.text().contains("Sign in"),
         "her session ended"
     );
-    let r = post(
-        &gw,
-        "/sign-in",
-        None,
-        &[("username", "ann"), ("password", "ann-password")],
-    )
-    .await;
+    let r = sign_in_form(&gw, "ann", "ann-password").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = post(
         &gw,

@@ -307,25 +307,36 @@ async fn read_head(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) ->
 /// way an upstream's own idle timeout does. Answers `conn=N`.
 async fn forgetful_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::AsyncWriteExt;
+    raw_upstream(|mut stream, id| async move {
+        if read_head(&mut stream, &mut Vec::new()).await.is_none() {
+            return;
+        }
+        let body = format!("conn={id}");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    })
+    .await
+}
+
+/// An upstream written by hand: each connection it accepts goes to
+/// `handle` with its number (from 1). The address, and how many it accepted.
+async fn raw_upstream<F, Fut>(handle: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let acc = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::spawn(async move {
-                if read_head(&mut stream, &mut Vec::new()).await.is_none() {
-                    return;
-                }
-                let body = format!("conn={id}");
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            });
+            tokio::spawn(handle(stream, id));
         }
     });
     (addr, accepted)
@@ -745,50 +756,41 @@ async fn upstream_connections_are_capped() {
 /// head, then reads the whole body and answers `conn=N len=BYTES`.
 async fn continuing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let acc = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Some(end) = read_head(&mut stream, &mut pending).await {
-                    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    pending.drain(..end);
-                    if stream
-                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    while pending.len() < length {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    pending.drain(..length);
-                    let body = format!("conn={id} len={length}");
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
+    raw_upstream(|mut stream, id| async move {
+        let mut pending = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(end) = read_head(&mut stream, &mut pending).await {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            pending.drain(..end);
+            if stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while pending.len() < length {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
                 }
-            });
+            }
+            pending.drain(..length);
+            let body = format!("conn={id} len={length}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
         }
-    });
-    (addr, accepted)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -15,6 +15,16 @@ use http_body_util::{BodyExt, Full};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
+/// `user add alice --role admin`, the password from standard input.
+pub const ADD_ALICE_AS_ADMIN: &[&str] = &[
+    "user",
+    "add",
+    "alice",
+    "--role",
+    "admin",
+    "--password-stdin",
+];
+
 /// A directory holding a config and (by default) the store.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -144,6 +154,18 @@ impl Env {
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let text = self.ok(args);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
+    }
+
+    /// Who `throttle list --json` says is banned, and the whole list.
+    pub fn banned(&self) -> (Vec<String>, serde_json::Value) {
+        let bans = self.json(&["throttle", "list", "--json"]);
+        let who = bans
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["who"].as_str().unwrap().to_owned())
+            .collect();
+        (who, bans)
     }
 
     pub fn add_user(&self, name: &str, password: &str) {
