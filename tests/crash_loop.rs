@@ -248,6 +248,18 @@ impl Worker {
     }
 
     /// One operation on one of this worker's users. True when it was cut off.
+    /// Takes one of user `u`'s live tokens out of the model, pending until
+    /// the request that ends it is acknowledged.
+    fn end_one_token(&mut self, u: usize) -> String {
+        let live = &mut self.accounts[u].live;
+        let token = live.remove(self.rng.below(live.len() as u64) as usize);
+        self.pending = Some(Pending::Logout {
+            user: u,
+            token: token.clone(),
+        });
+        token
+    }
+
     /// A CLI change that ends every token of user `u`: `pending` until the
     /// CLI acknowledges it, then `apply` to the model. `true` when the
     /// command was cut off by the kill.
@@ -364,12 +376,7 @@ impl Worker {
             }
             // Logout (or, past the cap, instead of a login).
             0..=59 if has_live => {
-                let i = self.rng.below(a.live.len() as u64) as usize;
-                let token = a.live.remove(i);
-                self.pending = Some(Pending::Logout {
-                    user: u,
-                    token: token.clone(),
-                });
+                let token = self.end_one_token(u);
                 match ctx
                     .http(common::binary::logout_request(&token), "logout")
                     .await
@@ -403,12 +410,7 @@ impl Worker {
             }
             // Token revoke by id.
             60..=79 if has_live => {
-                let i = self.rng.below(a.live.len() as u64) as usize;
-                let token = a.live.remove(i);
-                self.pending = Some(Pending::Logout {
-                    user: u,
-                    token: token.clone(),
-                });
+                let token = self.end_one_token(u);
                 match ctx
                     .cli(args(&["token", "revoke", &token_id(&token)]), None)
                     .await

@@ -64,6 +64,30 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
+    /// Starts `cmd` (its stderr to `stderr`), which listens on `port` and
+    /// keeps its files in `dir`, and waits until it accepts connections.
+    fn spawn(
+        mut cmd: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+        log: &Path,
+        stderr: Stdio,
+    ) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Proxy {
+            child,
+            addr,
+            _dir: dir,
+        }
+        .ready(log)
+    }
+
     /// Waits until the proxy accepts connections.
     fn ready(mut self, log: &Path) -> Self {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -134,25 +158,9 @@ http {{
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let log = prefix.join("error.log");
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    Some(
-        Proxy {
-            child,
-            addr,
-            _dir: dir,
-        }
-        .ready(&log),
-    )
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p").arg(prefix).arg("-c").arg(&conf_path);
+    Some(Proxy::spawn(cmd, port, dir, &log, Stdio::null()))
 }
 
 fn caddy(gateway: SocketAddr, app: SocketAddr) -> Option<Proxy> {
@@ -176,27 +184,15 @@ http://127.0.0.1:{port} {{
     let path = dir.path().join("Caddyfile");
     std::fs::write(&path, caddyfile).unwrap();
     let log = dir.path().join("caddy.log");
-    let child = Command::new(bin)
-        .args(["run", "--adapter", "caddyfile", "--config"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
         .arg(&path)
         .env_clear()
         .env("HOME", dir.path())
         .env("XDG_DATA_HOME", dir.path().join("data"))
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    Some(
-        Proxy {
-            child,
-            addr,
-            _dir: dir,
-        }
-        .ready(&log),
-    )
+        .env("XDG_CONFIG_HOME", dir.path().join("config"));
+    let stderr = std::fs::File::create(&log).unwrap().into();
+    Some(Proxy::spawn(cmd, port, dir, &log, stderr))
 }
 
 async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Reply {

@@ -41,6 +41,13 @@ async fn with_user(upstream: SocketAddr, extra: &str) -> (Gateway, String) {
     (gw, token)
 }
 
+/// An echo upstream, and a gateway over it with `with_user`'s uma.
+async fn uma_gateway(extra: &str) -> (EchoUpstream, Gateway, String) {
+    let up = echo_upstream().await;
+    let (gw, token) = with_user(up.addr, extra).await;
+    (up, gw, token)
+}
+
 fn auth(token: &str) -> String {
     format!("Token {token}")
 }
@@ -85,8 +92,7 @@ async fn method_path_and_query_arrive_exactly() {
 
 #[tokio::test]
 async fn the_canonical_spelling_of_a_path_is_what_is_forwarded() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "").await;
+    let (_up, gw, token) = uma_gateway("").await;
     for (sent, forwarded) in [
         ("/%61%62c", "/abc"),
         ("/caf%c3%a9/%7euser", "/caf%C3%A9/~user"),
@@ -112,8 +118,7 @@ async fn a_path_in_the_upstream_url_is_prepended() {
 
 #[tokio::test]
 async fn large_request_bodies_arrive_whole() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "").await;
+    let (_up, gw, token) = uma_gateway("").await;
     // With Content-Length.
     let size = 5 * 1024 * 1024 + 3;
     let r = send(
@@ -328,8 +333,7 @@ async fn the_response_reaches_the_client_before_the_upstream_has_sent_it_all() {
 
 #[tokio::test]
 async fn large_responses_stream_back_whole() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "").await;
+    let (_up, gw, token) = uma_gateway("").await;
     let size: usize = 8 * 1024 * 1024 + 17;
     let r = get(gw.addr, &format!("/big/{size}"), Some(&token)).await;
     assert_eq!(r.status, 200);
@@ -395,8 +399,7 @@ fn claims(b: http::request::Builder) -> http::request::Builder {
 
 #[tokio::test]
 async fn client_identity_claims_are_removed_on_protected_and_public_paths() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "public = [\"/open/**\"]").await;
+    let (_up, gw, token) = uma_gateway("public = [\"/open/**\"]").await;
 
     // Protected: exactly the gateway's values arrive, once each.
     let r = send(
@@ -478,25 +481,19 @@ async fn a_renamed_identity_header_is_stripped_in_every_spelling() {
         "identity_header = \"X-Remote-User\"\nroles_header = \"X-Remote-Groups\"",
     )
     .await;
-    let r = send(
-        gw.addr,
-        Request::get("/x")
-            .header("authorization", auth(&token))
-            .header("x-remote-user", "root")
-            .header("x_remote_user", "root")
-            .header("X_REMOTE_GROUPS", "admin")
-            .body(Bytes::new())
-            .unwrap(),
-    )
-    .await;
+    let claims = [
+        ("x-remote-user", "root"),
+        ("x_remote_user", "root"),
+        ("X_REMOTE_GROUPS", "admin"),
+    ];
+    let r = send_with_token(&gw, Request::get("/x"), &token, &claims).await;
     assert_only_uma(&r.seen(), ["x-remote-user", "x-remote-groups"]);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn the_credential_is_never_forwarded() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "public = [\"/open\"]").await;
+    let (_up, gw, token) = uma_gateway("public = [\"/open\"]").await;
     for (path, value) in [
         ("/private", format!("Token {token}")),
         ("/private", format!("Bearer {token}")),
@@ -520,19 +517,14 @@ async fn the_credential_is_never_forwarded() {
             seen.headers
         );
         assert!(!seen.has_header_like("proxy-authorization"));
-        assert!(
-            !seen.has_value(|v| v.contains(&token)),
-            "the token arrived: {:?}",
-            seen.headers
-        );
+        assert_absent(&seen, &token, "the token arrived");
     }
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn hop_by_hop_and_connection_named_headers_go_but_the_gateways_own_arrive() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "public = [\"/open\"]").await;
+    let (_up, gw, token) = uma_gateway("public = [\"/open\"]").await;
     for (path, user) in [("/private", Some("uma")), ("/open", None)] {
         let mut b = Request::get(path)
             .header("connection", "X-Auth-User, X-Forwarded-For")
@@ -585,8 +577,7 @@ async fn hop_by_hop_and_connection_named_headers_go_but_the_gateways_own_arrive(
 
 #[tokio::test]
 async fn forwarding_headers_are_set_and_client_copies_dropped_from_untrusted_peers() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "").await;
+    let (_up, gw, token) = uma_gateway("").await;
     let r = send(
         gw.addr,
         Request::get("/x")
@@ -613,11 +604,7 @@ async fn forwarding_headers_are_set_and_client_copies_dropped_from_untrusted_pee
     for h in ["x-forwarded-port", "x-real-ip", "forwarded"] {
         assert!(!seen.has_header_like(h), "{h}: {:?}", seen.headers);
     }
-    assert!(
-        !seen.has_value(|v| v.contains("203.0.113")),
-        "{:?}",
-        seen.headers
-    );
+    assert_absent(&seen, "203.0.113", "a client-sent address arrived");
     gw.stop().await;
 }
 
@@ -668,20 +655,14 @@ async fn a_trusted_proxys_chain_is_kept_and_the_peer_appended() {
 
 #[tokio::test]
 async fn method_override_headers_are_not_forwarded() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "").await;
-    let r = send(
-        gw.addr,
-        Request::post("/things/1")
-            .header("authorization", auth(&token))
-            .header("X-HTTP-Method-Override", "DELETE")
-            .header("x-http-method", "DELETE")
-            .header("X-Method-Override", "DELETE")
-            .header("x_http_method_override", "DELETE")
-            .body(Bytes::new())
-            .unwrap(),
-    )
-    .await;
+    let (_up, gw, token) = uma_gateway("").await;
+    let overrides = [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("x_http_method_override", "DELETE"),
+    ];
+    let r = send_with_token(&gw, Request::post("/things/1"), &token, &overrides).await;
     let seen = r.seen();
     assert_eq!(seen.method, "POST");
     assert!(!seen.has_value(|v| v == "DELETE"), "{:?}", seen.headers);
@@ -711,8 +692,7 @@ async fn an_unreachable_upstream_gets_502_json() {
 
 #[tokio::test]
 async fn an_upstream_that_never_answers_gets_504_json_after_the_timeout() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "").await;
+    let (_up, gw, token) = uma_gateway("").await;
     let started = Instant::now();
     let r = get(gw.addr, "/slow", Some(&token)).await;
     let took = started.elapsed();
@@ -728,8 +708,7 @@ async fn an_upstream_that_never_answers_gets_504_json_after_the_timeout() {
 
 #[tokio::test]
 async fn an_upstream_dying_mid_response_does_not_take_the_gateway_down() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "").await;
+    let (_up, gw, token) = uma_gateway("").await;
     for _ in 0..3 {
         let req = Request::get(gw.url("/broken"))
             .header("authorization", auth(&token))
@@ -758,8 +737,7 @@ async fn an_upstream_dying_mid_response_does_not_take_the_gateway_down() {
 
 #[tokio::test]
 async fn h2c_prior_knowledge_clients_are_served() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "").await;
+    let (_up, gw, token) = uma_gateway("").await;
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -844,8 +822,7 @@ fn with_framework_headers(mut b: http::request::Builder) -> http::request::Build
 
 #[tokio::test]
 async fn framework_trusted_headers_are_stripped() {
-    let up = echo_upstream().await;
-    let (gw, token) = with_user(up.addr, "public = [\"/pub/**\"]").await;
+    let (up, gw, token) = uma_gateway("public = [\"/pub/**\"]").await;
     for (path, token) in [("/x", Some(&token)), ("/pub/x", None)] {
         let mut b = with_framework_headers(Request::get(path));
         if let Some(token) = token {
@@ -909,4 +886,28 @@ async fn framework_seen(gw: &Gateway, extra: &[(&str, &str)]) -> Seen {
         req = req.header(*name, *value);
     }
     send(gw.addr, req.body(Bytes::new()).unwrap()).await.seen()
+}
+
+/// `req` with `token` and `headers` (in the order given), sent with no body.
+async fn send_with_token(
+    gw: &Gateway,
+    mut req: http::request::Builder,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    req = req.header("authorization", auth(token));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(gw.addr, req.body(Bytes::new()).unwrap()).await
+}
+
+/// No header value the upstream saw holds `needle`; `what` (a format
+/// string for the headers) says otherwise.
+fn assert_absent(seen: &Seen, needle: &str, what: &str) {
+    assert!(
+        !seen.has_value(|v| v.contains(needle)),
+        "{what}: {:?}",
+        seen.headers
+    );
 }

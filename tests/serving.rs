@@ -122,23 +122,7 @@ async fn tls_serves_http1_and_http2_by_alpn() {
     // HTTP/2 over TLS, negotiated by ALPN.
     let tls = tls_connect(gw.addr, &der, &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let r = h2
-        .send_request(
-            Request::get("https://localhost/items?a=1")
-                .header("authorization", format!("Token {token}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body = r.into_body().collect().await.unwrap().to_bytes();
-    let seen: Seen = serde_json::from_slice(&body).unwrap();
+    let seen = h2_seen(tls, "https://localhost/items?a=1", &token).await;
     assert_eq!(seen.uri, "/items?a=1");
     assert_eq!(
         seen.version, "HTTP/1.1",
@@ -172,29 +156,44 @@ async fn plain_http_is_refused_on_a_tls_listener() {
     gw.stop().await;
 }
 
+/// GET `uri` with `token` over HTTP/2 on `io`; what the upstream saw.
+async fn h2_seen<T>(io: T, uri: &str, token: &str) -> Seen
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(uri)
+        .header("authorization", format!("Token {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = h2.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
 #[tokio::test]
 async fn h2c_prior_knowledge_on_plain_listeners() {
     let (_up, gw, token) = gateway_with_token("", "hugo").await;
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let r = h2
-        .send_request(
-            Request::get(format!("http://{}/h2", gw.addr))
-                .header("authorization", format!("Token {token}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let seen: Seen =
-        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let seen = h2_seen(tcp, &format!("http://{}/h2", gw.addr), &token).await;
     assert_eq!(seen.header("x-auth-user"), Some("hugo"));
     gw.stop().await;
+}
+
+/// Waits (up to `limit`) until the reloaded config's public `/new` answers.
+async fn reloaded(gw: &Gateway, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while get(gw.addr, "/new", None).await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn reload_config(upstream: std::net::SocketAddr, public: &str, timeout: &str) -> String {
@@ -222,14 +221,7 @@ async fn reload_swaps_public_paths_without_disturbing_requests_in_flight() {
         .send(Config::load(&path, |_| None).unwrap())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while get(gw.addr, "/new", None).await.status != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reload never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reloaded(&gw, Duration::from_secs(5)).await;
     assert_eq!(get(gw.addr, "/old", None).await.status, 401);
     assert!(
         !in_flight.is_finished(),
@@ -274,14 +266,7 @@ async fn reload_hashes_off_the_async_workers() {
         "the reload finished before a request could be answered: it hashed on the worker"
     );
     assert_eq!(get(gw.addr, "/old", None).await.status, 200);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while get(gw.addr, "/new", None).await.status != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reload never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reloaded(&gw, Duration::from_secs(120)).await;
     gw.stop().await;
 }
 

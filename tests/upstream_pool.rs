@@ -37,6 +37,19 @@ type UpBody = BoxBody<Bytes, Infallible>;
 /// How many `/hold` requests the upstream waits for before answering any.
 const HOLDERS: usize = 60;
 
+/// A counting upstream, a gateway keeping idle connections 90 s, a token.
+async fn counted_gateway() -> (Counting, Gateway, String) {
+    let up = counting_upstream().await;
+    let (gw, token) = gateway(up.addr, "90s").await;
+    (up, gw, token)
+}
+
+/// Every answer came over one connection, the only one accepted.
+fn assert_one_connection<T: PartialEq + std::fmt::Debug>(conns: &[T], accepted: &AtomicUsize) {
+    assert!(conns.iter().all(|c| *c == conns[0]), "{conns:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
 async fn counting_upstream() -> Counting {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -156,23 +169,20 @@ fn conn_of(reply: &Reply) -> usize {
 
 #[tokio::test]
 async fn sequential_requests_share_one_upstream_connection() {
-    let up = counting_upstream().await;
-    let (gw, token) = gateway(up.addr, "90s").await;
+    let (up, gw, token) = counted_gateway().await;
     let mut conns = Vec::new();
     for i in 0..10 {
         let r = get(gw.addr, &format!("/n/{i}"), Some(&token)).await;
         assert_eq!(r.text(), format!("conn={} path=/n/{i}", conn_of(&r)));
         conns.push(conn_of(&r));
     }
-    assert!(conns.iter().all(|c| *c == conns[0]), "{conns:?}");
-    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    assert_one_connection(&conns, &up.accepted);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn concurrent_requests_each_get_their_own_answer_and_connections_are_kept() {
-    let up = counting_upstream().await;
-    let (gw, token) = gateway(up.addr, "90s").await;
+    let (up, gw, token) = counted_gateway().await;
     for _ in 0..3 {
         let tasks: Vec<_> = (0..20)
             .map(|i| {
@@ -200,8 +210,7 @@ async fn concurrent_requests_each_get_their_own_answer_and_connections_are_kept(
 #[tokio::test]
 async fn a_response_abandoned_mid_body_never_reaches_the_next_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = counting_upstream().await;
-    let (gw, token) = gateway(up.addr, "90s").await;
+    let (up, gw, token) = counted_gateway().await;
     let first = conn_of(&get(gw.addr, "/warm", Some(&token)).await);
 
     // Read the head and a little of a 4 MiB answer, then hang up.
@@ -240,8 +249,7 @@ async fn a_response_abandoned_mid_body_never_reaches_the_next_request() {
 
 #[tokio::test]
 async fn a_response_read_whole_gives_its_connection_back() {
-    let up = counting_upstream().await;
-    let (gw, token) = gateway(up.addr, "90s").await;
+    let (up, gw, token) = counted_gateway().await;
     let big = get(gw.addr, "/big", Some(&token)).await;
     assert_eq!(big.body.len(), "conn=1|".len() + 4 * 1024 * 1024);
     let next = get(gw.addr, "/small", Some(&token)).await;
@@ -252,8 +260,7 @@ async fn a_response_read_whole_gives_its_connection_back() {
 
 #[tokio::test]
 async fn sequential_uploads_share_one_upstream_connection() {
-    let up = counting_upstream().await;
-    let (gw, token) = gateway(up.addr, "90s").await;
+    let (up, gw, token) = counted_gateway().await;
     let mut conns = Vec::new();
     for i in 0..5 {
         let req = Request::post("/len")
@@ -268,15 +275,13 @@ async fn sequential_uploads_share_one_upstream_connection() {
         );
         conns.push(conn);
     }
-    assert!(conns.iter().all(|c| *c == conns[0]), "{conns:?}");
-    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    assert_one_connection(&conns, &up.accepted);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn a_connection_the_upstream_closes_is_replaced() {
-    let up = counting_upstream().await;
-    let (gw, token) = gateway(up.addr, "90s").await;
+    let (up, gw, token) = counted_gateway().await;
     let closed = conn_of(&get(gw.addr, "/close", Some(&token)).await);
     for i in 0..3 {
         let r = get(gw.addr, &format!("/next/{i}"), Some(&token)).await;
@@ -306,20 +311,25 @@ async fn read_head(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) ->
 /// (no `Connection: close`), then closes the connection 50 ms later, the
 /// way an upstream's own idle timeout does. Answers `conn=N`.
 async fn forgetful_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    use tokio::io::AsyncWriteExt;
     raw_upstream(|mut stream, id| async move {
         if read_head(&mut stream, &mut Vec::new()).await.is_none() {
             return;
         }
         let body = format!("conn={id}");
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(answer.as_bytes()).await;
+        answer_ok(&mut stream, &body).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     })
     .await
+}
+
+/// Writes a 200 with `body`; whether the connection took it.
+async fn answer_ok(stream: &mut tokio::net::TcpStream, body: &str) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(answer.as_bytes()).await.is_ok()
 }
 
 /// An upstream written by hand: each connection it accepts goes to
@@ -520,7 +530,6 @@ struct Parsed {
 /// request: it never reads a body as a body. Such an upstream runs a
 /// request smuggled in another's body, as whoever it claims to be.
 async fn naive_upstream() -> (SocketAddr, Arc<Parsed>) {
-    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let parsed = Arc::new(Parsed::default());
@@ -550,11 +559,7 @@ async fn naive_upstream() -> (SocketAddr, Arc<Parsed>) {
                         .unwrap()
                         .push(format!("conn={id} {method} {path} user={user}"));
                     let body = format!("conn={id} path={path}");
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                    if !answer_ok(&mut stream, &body).await {
                         break;
                     }
                 }
@@ -781,11 +786,7 @@ async fn continuing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             }
             pending.drain(..length);
             let body = format!("conn={id} len={length}");
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            if stream.write_all(answer.as_bytes()).await.is_err() {
+            if !answer_ok(&mut stream, &body).await {
                 return;
             }
         }
