@@ -61,13 +61,21 @@ async fn tls_connect(
     tls_client(root, alpn).connect(name, tcp).await.unwrap()
 }
 
-/// The status of `GET path` over a new HTTP/1.1-over-TLS connection.
-async fn tls_get_status(addr: std::net::SocketAddr, root: &[u8], path: &str) -> u16 {
-    let tls = tls_connect(addr, root, &[b"http/1.1"]).await;
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+/// An HTTP/1.1 client connection over `io`.
+async fn h1_over<T>(io: T) -> hyper::client::conn::http1::SendRequest<Full<Bytes>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .unwrap();
     tokio::spawn(conn);
+    h1
+}
+
+/// The status of `GET path` over a new HTTP/1.1-over-TLS connection.
+async fn tls_get_status(addr: std::net::SocketAddr, root: &[u8], path: &str) -> u16 {
+    let mut h1 = h1_over(tls_connect(addr, root, &[b"http/1.1"]).await).await;
     let r = h1
         .send_request(
             Request::get(path)
@@ -89,10 +97,7 @@ async fn tls_serves_http1_and_http2_by_alpn() {
     // HTTP/1.1 over TLS: the 401 path and a proxied request.
     let tls = tls_connect(gw.addr, &der, &[b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h1 = h1_over(tls).await;
     let r = h1
         .send_request(
             Request::get("/x")

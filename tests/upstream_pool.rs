@@ -322,6 +322,14 @@ async fn forgetful_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     .await
 }
 
+/// The Content-Length a request head declares (0 when none).
+fn content_length(head: &[u8]) -> usize {
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// Writes a 200 with `body`; whether the connection took it.
 async fn answer_ok(stream: &mut tokio::net::TcpStream, body: &str) -> bool {
     use tokio::io::AsyncWriteExt;
@@ -431,11 +439,7 @@ async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<Atomic
                     let Some(end) = read_head(&mut stream, &mut pending).await else {
                         break;
                     };
-                    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
+                    let length = content_length(&pending[..end]);
                     pending.drain(..end);
                     let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
                     if stream.write_all(answer).await.is_err() {
@@ -765,11 +769,7 @@ async fn continuing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         let mut pending = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         while let Some(end) = read_head(&mut stream, &mut pending).await {
-            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
+            let length = content_length(&pending[..end]);
             pending.drain(..end);
             if stream
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")

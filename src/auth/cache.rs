@@ -122,19 +122,16 @@ impl TokenCache {
         }
     }
 
-    /// `verify` without holding the thread while the store answers: for a
-    /// shared store, asked before a request's checks run (`Gateway::handle`).
-    pub async fn fetch(
-        &self,
-        store: &Store,
-        digest: &TokenDigest,
-    ) -> Result<Option<Arc<Verified>>, StoreError> {
-        match self.lookup(store, digest)? {
-            Ok(hit) => Ok(Some(hit)),
-            Err(generation) => Ok(store
-                .use_token_async(digest)
-                .await?
-                .map(|live| self.remember(digest, generation, live))),
+    /// Brings the store's answer for `digest` into the cache without
+    /// holding the thread while a shared store answers: run before a
+    /// request's checks (`Gateway::handle`), whose `verify` then finds it.
+    /// A failure is left for that `verify` to meet and answer.
+    pub async fn fetch(&self, store: &Store, digest: &TokenDigest) {
+        let Ok(Err(generation)) = self.lookup(store, digest) else {
+            return;
+        };
+        if let Ok(Some(live)) = store.use_token_async(digest).await {
+            self.remember(digest, generation, live);
         }
     }
 
@@ -220,6 +217,19 @@ mod tests {
 
     use crate::store::temporary as store;
 
+    /// A store with user ann and a token of hers, and an empty cache.
+    fn ann_with_token() -> (
+        tempfile::TempDir,
+        Store,
+        TokenCache,
+        crate::store::token::Token,
+    ) {
+        let (d, s) = store();
+        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
+        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
+        (d, s, TokenCache::new(), t)
+    }
+
     fn name(v: Option<Arc<Verified>>) -> Option<String> {
         v.map(|v| v.identity.username.clone())
     }
@@ -275,10 +285,7 @@ mod tests {
 
     #[test]
     fn a_check_that_raced_a_write_is_not_trusted_after_it() {
-        let (_d, s) = store();
-        let cache = TokenCache::new();
-        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
+        let (_d, s, cache, t) = ann_with_token();
         // A check that read the generation, then the store, before a revoke...
         let before = s.generation();
         let live = s.use_token(&t.digest()).unwrap().unwrap();
@@ -306,10 +313,7 @@ mod tests {
 
     #[test]
     fn expired_tokens_leave_the_cache() {
-        let (_d, s) = store();
-        let cache = TokenCache::new();
-        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
+        let (_d, s, cache, t) = ann_with_token();
         let verified = cache.verify(&s, &t.digest()).unwrap().unwrap();
         let now = crate::store::now();
         cache.insert(
@@ -324,6 +328,7 @@ mod tests {
         assert!(cache.get(&t.digest(), s.generation(), now - 1).is_some());
         assert!(cache.get(&t.digest(), s.generation(), now).is_none());
         // An entry made from the store carries the token's expiry.
+        let user = s.user("ann").unwrap().unwrap();
         let (short, _) = s
             .issue_token(&user, Some(Duration::from_secs(60)), None, &[])
             .unwrap();
@@ -348,10 +353,7 @@ mod tests {
 
     #[test]
     fn last_use_is_still_recorded_once_a_minute() {
-        let (_d, s) = store();
-        let cache = TokenCache::new();
-        let user = s.add_user("ann", "h".into(), vec![]).unwrap();
-        let (t, _) = s.issue_token(&user, None, None, &[]).unwrap();
+        let (_d, s, cache, t) = ann_with_token();
         cache.verify(&s, &t.digest()).unwrap().unwrap();
         let used = s.tokens(None).unwrap()[0].record.last_used_at.unwrap();
         let generation = s.generation();

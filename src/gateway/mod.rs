@@ -201,9 +201,7 @@ impl Gateway {
             let gateway = Arc::clone(self);
             let peer = peer.clone();
             return Answer::Waiting(Box::pin(async move {
-                // A failure or a dead token is found again, and answered,
-                // by the checks themselves.
-                let _ = gateway.tokens.fetch(&gateway.store, &digest).await;
+                gateway.tokens.fetch(&gateway.store, &digest).await;
                 match gateway.answer(req, &peer).await {
                     Ok(response) => response,
                     Err(never) => match never {},

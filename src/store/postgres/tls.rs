@@ -184,6 +184,21 @@ struct Lenient {
     provider: Arc<CryptoProvider>,
 }
 
+/// The two handshake-signature checks of `ServerCertVerifier`, each with
+/// the provider's own algorithms: the same method for TLS 1.2 and 1.3.
+macro_rules! signature_checks {
+    ($($method:ident => $check:path),*) => {$(
+        fn $method(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            $check(message, cert, dss, &self.provider.signature_verification_algorithms)
+        }
+    )*};
+}
+
 impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
@@ -204,25 +219,10 @@ impl ServerCertVerifier for Lenient {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-    }
+    signature_checks!(
+        verify_tls12_signature => rustls::crypto::verify_tls12_signature,
+        verify_tls13_signature => rustls::crypto::verify_tls13_signature
+    );
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider
