@@ -3,6 +3,7 @@
 //! patterns). Every problem in a file is reported at once, each with the
 //! file, line and key.
 
+pub mod database;
 mod raw;
 pub mod units;
 mod validate;
@@ -172,6 +173,16 @@ pub struct StoreConfig {
     /// sled's directory; for PostgreSQL, where nothing is kept.
     pub path: PathBuf,
     pub backend: StoreBackend,
+}
+
+/// Whether `text` can name a role: 1 to 64 letters, digits and `. _ : -`.
+/// The config's role names (rules, the token page's admin role) and the
+/// store's follow the one rule.
+pub fn is_role_name(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 /// `[portal]`: the token page for people.

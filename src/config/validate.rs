@@ -138,9 +138,14 @@ impl<'a> Validator<'a> {
         }
         let session_ttl = self.parse("portal.session_ttl", &r.session_ttl, |d| positive(d));
         let admin_role = self.parse("portal.admin_role", &r.admin_role, |role| {
-            crate::store::validate_role(role)
-                .map(|()| role.clone())
-                .map_err(|e| e.to_string())
+            if is_role_name(role) {
+                Ok(role.clone())
+            } else {
+                Err(format!(
+                    "invalid role `{}`: use 1 to 64 letters, digits and . _ : -",
+                    role.escape_default()
+                ))
+            }
         });
         Some(Some(PortalConfig {
             path: path?,
@@ -749,7 +754,7 @@ fn parse_upstream_url(
 /// `sslmode`. The message never repeats the URL: it
 /// may hold a password.
 fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
-    let parsed = crate::store::postgres::tls::parse(url)?;
+    let parsed = super::database::parse(url)?;
     parsed.url.parse::<tokio_postgres::Config>().map_err(|e| {
         format!("not a PostgreSQL URL ({e}); write postgres://USER:PASSWORD@HOST:PORT/DATABASE")
     })?;

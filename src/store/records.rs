@@ -139,11 +139,7 @@ pub fn validate_username(name: &str) -> Result<(), StoreError> {
 }
 
 pub fn validate_role(role: &str) -> Result<(), StoreError> {
-    let ok = (1..=64).contains(&role.len())
-        && role
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-    if ok {
+    if crate::config::is_role_name(role) {
         Ok(())
     } else {
         Err(StoreError::InvalidRole(role.escape_default().to_string()))

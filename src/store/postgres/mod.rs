@@ -68,7 +68,7 @@ pub fn connect_config(
         .url
         .parse()
         .map_err(|e: tokio_postgres::Error| StoreError::Database(format!("store.url: {e}")))?;
-    config.ssl_mode(parsed.mode.driver());
+    config.ssl_mode(tls::driver_mode(parsed.mode));
     let connector =
         tls::connector(&parsed).map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
     Ok((config, connector))
