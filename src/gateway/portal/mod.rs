@@ -198,7 +198,9 @@ impl Portal<'_> {
         };
         match signed {
             Ok((token, _)) => {
-                tracing::info!(client = %self.login.client, user = %login.username, "token page: signed in");
+                // `user` is the name as `authenticate` made it safe to log.
+                let name = user.as_deref().unwrap_or_default();
+                tracing::info!(client = %self.login.client, user = %name, "token page: signed in");
                 Answer::Back("", Some(self.cookie(Some(token.expose()))))
             }
             Err(rejection) => self.refused_sign_in(rejection),
