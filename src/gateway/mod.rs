@@ -224,9 +224,6 @@ impl Gateway {
         }
     }
 
-    // Inlined into `handle`: the request would otherwise be moved (copied)
-    // once more on the path every request takes.
-    #[inline(always)]
     fn answer(self: &Arc<Self>, mut req: Request<Incoming>, peer: &Peer) -> Answer {
         let mut pending = Pending::new(req.method().clone(), peer.ip_text.clone());
         let settings = self.settings.load_full();
