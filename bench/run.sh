@@ -15,7 +15,7 @@
 # BENCH_PORT_BASE (18000) the first of seven ports, BENCH_KEEP=1 keeps the
 # work directory (configs, logs, raw results), BENCH_ONLY a space-separated
 # list of scenarios to run (token50 token200 noauth big upload flood store
-# idle postgres), BENCH_DURATION and BENCH_ROUNDS override the run lengths.
+# idle postgres tls), BENCH_DURATION and BENCH_ROUNDS override the run lengths.
 # The postgres scenario starts a PostgreSQL server of its own
 # (.ci/postgres.sh, as root) and compares a gateway on it with one on sled.
 set -euo pipefail
@@ -36,13 +36,13 @@ LOAD_CPU=${BENCH_LOAD_CPU:-1}
 BASE=${BENCH_PORT_BASE:-18000}
 UP_PORT=$BASE ANCHOR_PORT=$((BASE + 1)) TG_PORT=$((BASE + 2))
 TG_NT_PORT=$((BASE + 3)) TG_1K_PORT=$((BASE + 4)) TG_BIG_PORT=$((BASE + 5)) TG_IDLE_PORT=$((BASE + 6))
-TG_PG_PORT=$((BASE + 7))
+TG_PG_PORT=$((BASE + 7)) ANCHOR_TLS_PORT=$((BASE + 8)) TG_TLS_PORT=$((BASE + 9))
 if ((QUICK)); then
     DURATION=${BENCH_DURATION:-3} ROUNDS=${BENCH_ROUNDS:-2} BIG_TOKENS=100000
 else
     DURATION=${BENCH_DURATION:-8} ROUNDS=${BENCH_ROUNDS:-3} BIG_TOKENS=1000000
 fi
-ONLY=${BENCH_ONLY:-token50 token200 noauth big upload flood store idle postgres}
+ONLY=${BENCH_ONLY:-token50 token200 noauth big upload flood store idle postgres tls}
 MIB=1048576
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -91,7 +91,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in $UP_PORT $ANCHOR_PORT $TG_PORT $TG_NT_PORT $TG_1K_PORT $TG_BIG_PORT $TG_IDLE_PORT $TG_PG_PORT; do
+for port in $UP_PORT $ANCHOR_PORT $TG_PORT $TG_NT_PORT $TG_1K_PORT $TG_BIG_PORT $TG_IDLE_PORT $TG_PG_PORT $ANCHOR_TLS_PORT $TG_TLS_PORT; do
     if ss -ltn "sport = :$port" | grep -q LISTEN; then
         echo "port $port is in use; set BENCH_PORT_BASE" >&2
         exit 1
@@ -110,6 +110,7 @@ wait_port() {
 
 render() { # template → file, placeholders @NAME@
     sed -e "s|@DIR@|$DIR|g" -e "s|@UP_PORT@|$UP_PORT|g" -e "s|@ANCHOR_PORT@|$ANCHOR_PORT|g" \
+        -e "s|@ANCHOR_TLS_PORT@|$ANCHOR_TLS_PORT|g" \
         -e "s|@TOKEN@|${TOKEN:-}|g" -e "s|@PROXY_BUFFERING@|${PROXY_BUFFERING:-on}|g" "$1" >"$2"
 }
 
@@ -148,6 +149,13 @@ AUTH="Token $TOKEN"
 # The same user and token in every other store, copied before any server opens them.
 cp -a "$DIR/tg-store" "$DIR/tg-nt-store"
 cp -a "$DIR/tg-store" "$DIR/tg-idle-store"
+cp -a "$DIR/tg-store" "$DIR/tg-tls-store"
+# One ECDSA P-256 certificate for both TLS listeners (the anchor's always
+# listens with it; tokengate's only in the tls scenario).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$DIR/tls.key" -out "$DIR/tls.crt" 2>/dev/null
+tg_config tg-tls "$TG_TLS_PORT"
+sed -i "s|^listen = .*|&\ntls_cert = \"$DIR/tls.crt\"\ntls_key = \"$DIR/tls.key\"|" "$DIR/tg-tls.toml"
 tg_config tg-nt "$TG_NT_PORT" $'[throttle]\nenabled = false'
 tg_config tg-idle "$TG_IDLE_PORT"
 if wants store; then
@@ -193,7 +201,7 @@ TCK=$(getconf CLK_TCK)
 pids_of() { # an nginx master brings its workers
     case $1 in
         direct) echo "$UP_PID $(pgrep -P "$UP_PID" | tr '\n' ' ')" ;;
-        nginx) echo "$ANCHOR_PID $(pgrep -P "$ANCHOR_PID" | tr '\n' ' ')" ;;
+        nginx | nginx-tls) echo "$ANCHOR_PID $(pgrep -P "$ANCHOR_PID" | tr '\n' ' ')" ;;
         *) echo "${TG_PIDS[$1]}" ;;
     esac
 }
@@ -202,6 +210,7 @@ port_of() {
         direct) echo "$UP_PORT" ;; nginx) echo "$ANCHOR_PORT" ;; tg) echo "$TG_PORT" ;;
         tg-nt) echo "$TG_NT_PORT" ;; tg-1k) echo "$TG_1K_PORT" ;; tg-big) echo "$TG_BIG_PORT" ;;
         tg-idle) echo "$TG_IDLE_PORT" ;; tg-pg) echo "$TG_PG_PORT" ;;
+        nginx-tls) echo "$ANCHOR_TLS_PORT" ;; tg-tls) echo "$TG_TLS_PORT" ;;
     esac
 }
 cpu_ticks() { # utime + stime, then stime alone, of all threads, in clock ticks
@@ -225,7 +234,7 @@ mem_kb() { # FIELD PIDS...: VmHWM or VmRSS summed
 # wrk against TARGET; the environment (BENCH_AUTH, BENCH_UPLOAD, ...) shapes requests.
 wrk_run() { # SECONDS CONNS PORT PATH
     taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"$1"s --timeout 10s -s "$BENCH/wrk.lua" \
-        "http://127.0.0.1:$3$4" 2>&1 | grep '^RESULT' || echo "RESULT requests=0 duration_us=1 bytes=0 p50_us=0 p99_us=0 errors=1 non2xx=0"
+        "${BENCH_SCHEME:-http}://127.0.0.1:$3$4" 2>&1 | grep '^RESULT' || echo "RESULT requests=0 duration_us=1 bytes=0 p50_us=0 p99_us=0 errors=1 non2xx=0"
 }
 
 # The store scenario's targets each take 1000 of their own store's tokens.
@@ -326,6 +335,18 @@ if wants postgres; then
     kill "${TG_PIDS[tg-pg]}"
 fi
 
+if wants tls; then
+    # TLS 1.3 keep-alive requests with a valid token, same certificate (ECDSA
+    # P-256) on both gateways: the record layer's cost per request.
+    start_tg tg-tls "$TG_TLS_PORT"
+    for port in $ANCHOR_TLS_PORT $TG_TLS_PORT; do
+        got=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "https://127.0.0.1:$port/small")
+        [[ $got == 200 ]] || { echo "https port $port: got $got" >&2; exit 1; }
+    done
+    BENCH_SCHEME=https BENCH_AUTH=$AUTH scenario "TLS 1.3 keep-alive c=50" 50 /small nginx-tls tg-tls
+    kill "${TG_PIDS[tg-tls]}"
+fi
+
 IDLE=()
 if wants idle; then
     # A fresh gateway: the flood above leaves argon2's memory behind.
@@ -418,6 +439,7 @@ END {
         ratio(name, "tg/nginx", "tg", "nginx")
         ratio(name, "big/1k", "tg-big", "tg-1k")
         ratio(name, "pg/sled", "tg-pg", "tg")
+        ratio(name, "tg/nginx", "tg-tls", "nginx-tls")
     }
 }' "$RESULTS"
 
