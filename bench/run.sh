@@ -4,7 +4,8 @@
 #   bench/run.sh            full run (about 12 minutes)
 #   bench/run.sh --quick    the same scenarios, shorter (about 3 minutes)
 #
-# Starts an nginx upstream, an nginx static-token gateway (the anchor) and
+# Starts an nginx upstream, an nginx static-token gateway (the anchor, also
+# over TLS with a certificate made for the run) and
 # tokengate, pins the proxies to one core and wrk plus the upstream to
 # another, and runs every scenario against the upstream directly, the
 # anchor and tokengate in interleaved rounds, so that drift from whatever
@@ -55,6 +56,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
 if wants postgres && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing+=(postgresql); fi
 if ((${#missing[@]})); then
