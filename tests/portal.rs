@@ -562,3 +562,54 @@ async fn the_cookie_is_secure_when_a_trusted_proxy_says_https() {
         assert_eq!(cookie.contains("; Secure"), secure, "{cookie}");
     }
 }
+
+#[tokio::test]
+async fn the_cookie_is_secure_on_a_tls_listener() {
+    use std::sync::Arc;
+    let up = echo_upstream().await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\
+         [upstream]\nurl = \"http://{}\"\n[auth]\n{FAST_ARGON2}\n{PAGE}",
+        up.addr
+    );
+    let mut der = Vec::new();
+    let (gw, _reload) = Gateway::start_text(&text, |dir| {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), key.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.signing_key.serialize_pem()).unwrap();
+        der = key.cert.der().to_vec();
+    })
+    .await;
+    gw.add_user("ann", "ann-password", &[]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.into()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A browser's own form over HTTPS: Origin is this page's https origin.
+    let req = Request::post("/_tokengate/sign-in")
+        .header("host", "localhost")
+        .header("origin", "https://localhost")
+        .header("content-type", FORM)
+        .body(http_body_util::Full::new(Bytes::from(
+            "username=ann&password=ann-password",
+        )))
+        .unwrap();
+    let r = h1.send_request(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
