@@ -88,21 +88,38 @@ impl Proxy {
         .ready(log)
     }
 
-    /// Waits until the proxy accepts connections.
+    /// Waits until the proxy answers a request on a public path, end to
+    /// end. Accepting a connection is not enough: Caddy can take one into
+    /// its backlog and then reset it while it finishes starting.
     fn ready(mut self, log: &Path) -> Self {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(self.addr).is_err() {
+        while !answers(self.addr) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "the proxy exited with {status}: {}",
                     std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "the proxy never listened");
+            assert!(Instant::now() < deadline, "the proxy never answered");
             std::thread::sleep(Duration::from_millis(20));
         }
         self
     }
+}
+
+/// Whether one HTTP/1.1 request to `/open/ready` gets an answer from the
+/// upstream behind the proxy.
+fn answers(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let exchange = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /open/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut head = String::new();
+        s.read_to_string(&mut head)?;
+        Ok(head)
+    };
+    matches!(exchange(), Ok(head) if head.starts_with("HTTP/1.1 200"))
 }
 
 fn nginx(gateway: SocketAddr, app: SocketAddr) -> Option<Proxy> {
