@@ -57,7 +57,15 @@ struct Proxy {
 }
 
 impl Drop for Proxy {
+    /// SIGTERM first: SIGKILL to nginx's master leaves its workers behind,
+    /// orphaned and still listening, after the test is over.
     fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
