@@ -7,12 +7,13 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]
 #   ONLY=big bench/ab.sh ...      1 MiB downloads only
 #   PROXY_CPUS=0,1 bench/ab.sh ... the builds on both cores (two workers)
+#   UP_CPU=0 bench/ab.sh ...       the upstream on the builds' core (a sidecar)
 #
 # Build the old one from a worktree, e.g.
 #   git worktree add /tmp/old REV && (cd /tmp/old && cargo build --release)
 set -euo pipefail
 if (($# < 2)); then
-    sed -n '2,11p' "$0" >&2
+    sed -n '2,12p' "$0" >&2
     exit 2
 fi
 OLD=$1 NEW=$2 ROUNDS=${3:-4} DUR=${4:-5}
@@ -32,7 +33,7 @@ trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/n
 TCK=$(getconf CLK_TCK)
 mkdir -p $DIR/www; head -c 1048576 /dev/urandom > $DIR/www/big
 sed -e "s|@DIR@|$DIR|g" -e "s|@UP_PORT@|$UP|g" $B/upstream.conf.in > $DIR/up.conf
-taskset -c 1 "$NGINX" -c $DIR/up.conf -p $DIR 2>/dev/null & PIDS+=($!)
+taskset -c "${UP_CPU:-1}" "$NGINX" -c $DIR/up.conf -p $DIR 2>/dev/null & PIDS+=($!)
 declare -A PID TOKEN PORT
 PORT[old]=18202; PORT[new]=18203
 for x in old new; do
@@ -53,7 +54,8 @@ run() { # x path conns auth
   out=$(BENCH_AUTH="$auth" taskset -c 1 wrk -t1 -c$c -d${DUR}s -s $B/wrk.lua http://127.0.0.1:${PORT[$x]}$path | grep '^RESULT')
   after=$(cpu ${PID[$x]}); sw=$(( $(switches ${PID[$x]}) - sw ))
   n=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$out")
-  awk -v x=$x -v p=$path -v c=$c -v n=$n -v t=$((after-before)) -v d=$DUR -v hz=$TCK -v sw=$sw 'BEGIN {printf "%s %s c=%s req/s=%d cpu_us_per_req=%.2f switches_per_1k_req=%.1f\n", x, p, c, n/d, t*1000000/hz/(n>0?n:1), sw*1000/(n>0?n:1)}'
+  p99=$(sed 's/.*p99_us=\([0-9]*\).*/\1/' <<<"$out")
+  awk -v x=$x -v p=$path -v c=$c -v n=$n -v t=$((after-before)) -v d=$DUR -v hz=$TCK -v sw=$sw -v p99=$p99 'BEGIN {printf "%s %s c=%s req/s=%d cpu_us_per_req=%.2f p99_ms=%.2f switches_per_1k_req=%.1f\n", x, p, c, n/d, t*1000000/hz/(n>0?n:1), p99/1000, sw*1000/(n>0?n:1)}'
 }
 for x in old new; do run $x /small 50 "Token ${TOKEN[$x]}" >/dev/null; done
 for r in $(seq 1 $ROUNDS); do

@@ -6,19 +6,27 @@
 #
 # Starts an nginx upstream, an nginx static-token gateway (the anchor, also
 # over TLS with a certificate made for the run) and
-# tokengate, pins the proxies to one core and wrk plus the upstream to
-# another, and runs every scenario against the upstream directly, the
-# anchor and tokengate in interleaved rounds, so that drift from whatever
-# else the machine does hits all three alike. Prints figures and ratios;
-# nothing here passes or fails on timing.
+# tokengate, pins the proxies to one core and the load generator plus the
+# upstream to another, and runs every scenario against the upstream
+# directly, the anchor and tokengate in interleaved rounds, so that drift
+# from whatever else the machine does hits all three alike. Prints figures
+# and ratios; nothing here passes or fails on timing.
+#
+# Load generators: wrk (HTTP/1.1, plain and TLS), h2load (HTTP/2 over TLS)
+# and examples/handshakes.rs (a new TLS connection per request, full or
+# resumed handshakes; wrk never resumes a session).
 #
 # Environment: BENCH_PROXY_CPU (0) and BENCH_LOAD_CPU (1) pick the cores,
-# BENCH_PORT_BASE (18000) the first of seven ports, BENCH_KEEP=1 keeps the
+# BENCH_PORT_BASE (18000) the first of seventeen ports, BENCH_KEEP=1 keeps the
 # work directory (configs, logs, raw results), BENCH_ONLY a space-separated
 # list of scenarios to run (token50 token200 noauth big upload flood store
-# idle postgres tls), BENCH_DURATION and BENCH_ROUNDS override the run lengths.
-# The postgres scenario starts a PostgreSQL server of its own
+# idle postgres tls h2 placed), BENCH_DURATION and BENCH_ROUNDS override the
+# run lengths. The postgres scenario starts a PostgreSQL server of its own
 # (.ci/postgres.sh, as root) and compares a gateway on it with one on sled.
+# tls: keep-alive requests, new connections (full and resumed handshakes)
+# and 1 MiB downloads, with an ECDSA P-256 and an RSA-2048 certificate; h2:
+# HTTP/2 over TLS with 1 and 100 streams per connection; placed: the
+# upstream on the proxies' core, as a sidecar API is deployed.
 set -euo pipefail
 
 QUICK=0
@@ -38,12 +46,15 @@ BASE=${BENCH_PORT_BASE:-18000}
 UP_PORT=$BASE ANCHOR_PORT=$((BASE + 1)) TG_PORT=$((BASE + 2))
 TG_NT_PORT=$((BASE + 3)) TG_1K_PORT=$((BASE + 4)) TG_BIG_PORT=$((BASE + 5)) TG_IDLE_PORT=$((BASE + 6))
 TG_PG_PORT=$((BASE + 7)) ANCHOR_TLS_PORT=$((BASE + 8)) TG_TLS_PORT=$((BASE + 9))
+ANCHOR_RSA_PORT=$((BASE + 10)) ANCHOR_RSA_TLS_PORT=$((BASE + 11)) TG_RSA_PORT=$((BASE + 12))
+UP_PLACED_PORT=$((BASE + 13)) ANCHOR_PLACED_PORT=$((BASE + 14)) ANCHOR_PLACED_TLS_PORT=$((BASE + 15))
+TG_PLACED_PORT=$((BASE + 16))
 if ((QUICK)); then
     DURATION=${BENCH_DURATION:-3} ROUNDS=${BENCH_ROUNDS:-2} BIG_TOKENS=100000
 else
     DURATION=${BENCH_DURATION:-8} ROUNDS=${BENCH_ROUNDS:-3} BIG_TOKENS=1000000
 fi
-ONLY=${BENCH_ONLY:-token50 token200 noauth big upload flood store idle postgres tls}
+ONLY=${BENCH_ONLY:-token50 token200 noauth big upload flood store idle postgres tls h2 placed}
 MIB=1048576
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -58,6 +69,7 @@ command -v taskset >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
+if wants h2 && ! command -v h2load >/dev/null; then missing+=(nghttp2-client); fi
 if wants postgres && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing+=(postgresql); fi
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
@@ -68,9 +80,10 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 ulimit -n "$(ulimit -Hn)"
 
 log "building tokengate (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin tokengate && cargo build --release --quiet --example bigstore)
+(cd "$ROOT" && cargo build --release --quiet --bin tokengate && cargo build --release --quiet --example bigstore --example handshakes)
 TG=$ROOT/target/release/tokengate
 BIGSTORE=$ROOT/target/release/examples/bigstore
+HANDSHAKES=$ROOT/target/release/examples/handshakes
 
 # --- processes ---------------------------------------------------------------
 
@@ -93,7 +106,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in $UP_PORT $ANCHOR_PORT $TG_PORT $TG_NT_PORT $TG_1K_PORT $TG_BIG_PORT $TG_IDLE_PORT $TG_PG_PORT $ANCHOR_TLS_PORT $TG_TLS_PORT; do
+for port in $UP_PORT $ANCHOR_PORT $TG_PORT $TG_NT_PORT $TG_1K_PORT $TG_BIG_PORT $TG_IDLE_PORT $TG_PG_PORT $ANCHOR_TLS_PORT $TG_TLS_PORT \
+    $ANCHOR_RSA_PORT $ANCHOR_RSA_TLS_PORT $TG_RSA_PORT $UP_PLACED_PORT $ANCHOR_PLACED_PORT $ANCHOR_PLACED_TLS_PORT $TG_PLACED_PORT; do
     if ss -ltn "sport = :$port" | grep -q LISTEN; then
         echo "port $port is in use; set BENCH_PORT_BASE" >&2
         exit 1
@@ -151,13 +165,23 @@ AUTH="Token $TOKEN"
 # The same user and token in every other store, copied before any server opens them.
 cp -a "$DIR/tg-store" "$DIR/tg-nt-store"
 cp -a "$DIR/tg-store" "$DIR/tg-idle-store"
-cp -a "$DIR/tg-store" "$DIR/tg-tls-store"
+for copy in tls rsa placed; do cp -a "$DIR/tg-store" "$DIR/tg-$copy-store"; done
 # One ECDSA P-256 certificate for both TLS listeners (the anchor's always
-# listens with it; tokengate's only in the tls scenario).
+# listens with it; tokengate's only in the tls and h2 scenarios), and one
+# RSA-2048 certificate for a second pair.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
     -keyout "$DIR/tls.key" -out "$DIR/tls.crt" 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$DIR/rsa.key" -out "$DIR/rsa.crt" 2>/dev/null
+with_tls() { # NAME CERT KEY
+    sed -i "s|^listen = .*|&\ntls_cert = \"$2\"\ntls_key = \"$3\"|" "$DIR/$1.toml"
+}
 tg_config tg-tls "$TG_TLS_PORT"
-sed -i "s|^listen = .*|&\ntls_cert = \"$DIR/tls.crt\"\ntls_key = \"$DIR/tls.key\"|" "$DIR/tg-tls.toml"
+with_tls tg-tls "$DIR/tls.crt" "$DIR/tls.key"
+tg_config tg-rsa "$TG_RSA_PORT"
+with_tls tg-rsa "$DIR/rsa.crt" "$DIR/rsa.key"
+tg_config tg-placed "$TG_PLACED_PORT"
+sed -i "s|^url = .*|url = \"http://127.0.0.1:$UP_PLACED_PORT\"|" "$DIR/tg-placed.toml"
 tg_config tg-nt "$TG_NT_PORT" $'[throttle]\nenabled = false'
 tg_config tg-idle "$TG_IDLE_PORT"
 if wants store; then
@@ -185,6 +209,29 @@ start_tg tg "$TG_PORT"
 wait_port "$UP_PORT"
 wait_port "$ANCHOR_PORT"
 
+# Another anchor, from the same template in a folder of its own: another
+# certificate, or another upstream.
+declare -A NGINX_PIDS
+start_anchor() { # NAME UP_PORT PORT TLS_PORT CERT KEY
+    local dir=$DIR/$1
+    mkdir -p "$dir"
+    cp "$5" "$dir/tls.crt"
+    cp "$6" "$dir/tls.key"
+    DIR=$dir UP_PORT=$2 ANCHOR_PORT=$3 ANCHOR_TLS_PORT=$4 render "$BENCH/anchor.conf.in" "$dir/anchor.conf"
+    taskset -c "$PROXY_CPU" "$NGINX" -c "$dir/anchor.conf" -p "$dir" 2>>"$dir/anchor.error.log" &
+    STARTED+=($!)
+    NGINX_PIDS[$1]=$!
+    wait_port "$3"
+}
+# Both answer a valid token with 200 over TLS.
+check_https() { # PORT...
+    local port got
+    for port in "$@"; do
+        got=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "https://127.0.0.1:$port/small")
+        [[ $got == 200 ]] || { echo "https port $port: got $got" >&2; exit 1; }
+    done
+}
+
 # Both gateways must answer alike before anything is measured.
 check() { # PORT AUTH PATH EXPECTED
     local got
@@ -204,6 +251,7 @@ pids_of() { # an nginx master brings its workers
     case $1 in
         direct) echo "$UP_PID $(pgrep -P "$UP_PID" | tr '\n' ' ')" ;;
         nginx | nginx-tls) echo "$ANCHOR_PID $(pgrep -P "$ANCHOR_PID" | tr '\n' ' ')" ;;
+        nginx-*) echo "${NGINX_PIDS[$1]} $(pgrep -P "${NGINX_PIDS[$1]}" | tr '\n' ' ')" ;;
         *) echo "${TG_PIDS[$1]}" ;;
     esac
 }
@@ -213,6 +261,8 @@ port_of() {
         tg-nt) echo "$TG_NT_PORT" ;; tg-1k) echo "$TG_1K_PORT" ;; tg-big) echo "$TG_BIG_PORT" ;;
         tg-idle) echo "$TG_IDLE_PORT" ;; tg-pg) echo "$TG_PG_PORT" ;;
         nginx-tls) echo "$ANCHOR_TLS_PORT" ;; tg-tls) echo "$TG_TLS_PORT" ;;
+        nginx-rsa) echo "$ANCHOR_RSA_TLS_PORT" ;; tg-rsa) echo "$TG_RSA_PORT" ;;
+        nginx-placed) echo "$ANCHOR_PLACED_PORT" ;; tg-placed) echo "$TG_PLACED_PORT" ;;
     esac
 }
 cpu_ticks() { # utime + stime, then stime alone, of all threads, in clock ticks
@@ -239,6 +289,40 @@ wrk_run() { # SECONDS CONNS PORT PATH
         "${BENCH_SCHEME:-http}://127.0.0.1:$3$4" 2>&1 | grep '^RESULT' || echo "RESULT requests=0 duration_us=1 bytes=0 p50_us=0 p99_us=0 errors=1 non2xx=0"
 }
 
+# HTTP/2 over TLS with h2load, BENCH_CLIENT=h2-N streams per connection; its
+# per-request log gives the percentiles.
+h2_run() { # SECONDS CONNS PORT PATH
+    local log=$DIR/h2load.requests out
+    rm -f "$log"
+    out=$(taskset -c "$LOAD_CPU" h2load -t1 -c"$2" -m"${BENCH_CLIENT#h2-}" -D"$1" \
+        ${BENCH_AUTH:+-H "authorization: $BENCH_AUTH"} --log-file="$log" "https://127.0.0.1:$3$4" 2>&1) || true
+    [[ -s $log ]] || { echo "RESULT requests=0 duration_us=1 bytes=0 p50_us=0 p99_us=0 errors=1 non2xx=0"; return; }
+    sort -n -k3,3 "$log" | H2LOAD_OUT=$out awk -v d="$1" '
+        { lat[NR] = $3; if ($2 != 200) bad++ }
+        END {
+            n = split(ENVIRON["H2LOAD_OUT"], lines, "\n")
+            for (i = 1; i <= n; i++) {
+                if (lines[i] ~ /^requests:/) { split(lines[i], w, /[ ,]+/); errors = w[10] + w[12] }
+                if (lines[i] ~ /^traffic:/) { match(lines[i], /\([0-9]+\)/); bytes = substr(lines[i], RSTART + 1, RLENGTH - 2) }
+            }
+            printf "RESULT requests=%d duration_us=%d bytes=%d p50_us=%d p99_us=%d errors=%d non2xx=%d\n",
+                NR, d * 1e6, bytes, lat[int(NR * 0.5) + 1], lat[int(NR * 0.99) + 1], errors, bad
+        }'
+}
+
+# The load generator BENCH_CLIENT names: wrk (unset), full or resumed (a
+# new TLS connection per request), h2-N (h2load).
+load_run() { # SECONDS CONNS PORT PATH
+    case ${BENCH_CLIENT:-wrk} in
+        wrk) wrk_run "$@" ;;
+        full | resumed)
+            taskset -c "$LOAD_CPU" "$HANDSHAKES" "127.0.0.1:$3" "$2" "$1" "$BENCH_CLIENT" "$4" ${BENCH_AUTH:+"$BENCH_AUTH"} |
+                grep '^RESULT' || echo "RESULT requests=0 duration_us=1 bytes=0 p50_us=0 p99_us=0 errors=1 non2xx=0"
+            ;;
+        h2-*) h2_run "$@" ;;
+    esac
+}
+
 # The store scenario's targets each take 1000 of their own store's tokens.
 tokens_of() { case $1 in tg-1k) echo "$DIR/secrets-1k" ;; tg-big) echo "$DIR/secrets-big" ;; esac; }
 
@@ -252,7 +336,7 @@ measure() { # SCENARIO TARGET CONNS PATH
     reset_peak $pids
     # shellcheck disable=SC2086
     read -r c0 s0 < <(cpu_ticks $pids)
-    out=$(wrk_run "$DURATION" "$3" "$(port_of "$2")" "$4")
+    out=$(load_run "$DURATION" "$3" "$(port_of "$2")" "$4")
     # shellcheck disable=SC2086
     read -r c1 s1 < <(cpu_ticks $pids)
     # shellcheck disable=SC2086
@@ -266,7 +350,7 @@ scenario() { # NAME CONNS PATH TARGETS...
     local targets=("$@")
     n=${#targets[@]}
     log "scenario $name: ${targets[*]}, $conns connections, $ROUNDS × ${DURATION}s"
-    for t in "${targets[@]}"; do BENCH_TOKENS=$(tokens_of "$t") wrk_run 1 "$conns" "$(port_of "$t")" "$path" >/dev/null; done
+    for t in "${targets[@]}"; do BENCH_TOKENS=$(tokens_of "$t") load_run 1 "$conns" "$(port_of "$t")" "$path" >/dev/null; done
     for ((round = 0; round < ROUNDS; round++)); do
         for ((i = 0; i < n; i++)); do
             measure "$name" "${targets[$(((i + round) % n))]}" "$conns" "$path"
@@ -337,16 +421,48 @@ if wants postgres; then
     kill "${TG_PIDS[tg-pg]}"
 fi
 
-if wants tls; then
-    # TLS 1.3 keep-alive requests with a valid token, same certificate (ECDSA
-    # P-256) on both gateways: the record layer's cost per request.
+if wants tls || wants h2; then
     start_tg tg-tls "$TG_TLS_PORT"
-    for port in $ANCHOR_TLS_PORT $TG_TLS_PORT; do
-        got=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "https://127.0.0.1:$port/small")
-        [[ $got == 200 ]] || { echo "https port $port: got $got" >&2; exit 1; }
-    done
-    BENCH_SCHEME=https BENCH_AUTH=$AUTH scenario "TLS 1.3 keep-alive c=50" 50 /small nginx-tls tg-tls
-    kill "${TG_PIDS[tg-tls]}"
+    check_https "$ANCHOR_TLS_PORT" "$TG_TLS_PORT"
+fi
+if wants tls; then
+    start_tg tg-rsa "$TG_RSA_PORT"
+    start_anchor nginx-rsa "$UP_PORT" "$ANCHOR_RSA_PORT" "$ANCHOR_RSA_TLS_PORT" "$DIR/rsa.crt" "$DIR/rsa.key"
+    check_https "$ANCHOR_RSA_TLS_PORT" "$TG_RSA_PORT"
+    # TLS 1.3 with a valid token, the same certificate on both gateways.
+    # Keep-alive: the record layer's cost per request.
+    BENCH_SCHEME=https BENCH_AUTH=$AUTH scenario "TLS keep-alive c=50, ECDSA P-256" 50 /small nginx-tls tg-tls
+    BENCH_SCHEME=https BENCH_AUTH=$AUTH scenario "TLS keep-alive c=50, RSA-2048" 50 /small nginx-rsa tg-rsa
+    # A new connection per request: the handshake's cost.
+    BENCH_CLIENT=full BENCH_AUTH=$AUTH scenario "TLS full handshakes c=50, P-256" 50 /small nginx-tls tg-tls
+    BENCH_CLIENT=resumed BENCH_AUTH=$AUTH scenario "TLS resumed handshakes c=50, P-256" 50 /small nginx-tls tg-tls
+    BENCH_CLIENT=full BENCH_AUTH=$AUTH scenario "TLS full handshakes c=50, RSA-2048" 50 /small nginx-rsa tg-rsa
+    BENCH_SCHEME=https BENCH_AUTH=$AUTH scenario "TLS 1 MiB download c=10, P-256" 10 /big nginx-tls tg-tls
+    kill "${TG_PIDS[tg-rsa]}" "${NGINX_PIDS[nginx-rsa]}"
+fi
+if wants h2; then
+    # HTTP/2 from the client, over TLS (ALPN h2), to an HTTP/1.1 upstream.
+    BENCH_CLIENT=h2-1 BENCH_AUTH=$AUTH scenario "HTTP/2 10 connections x 1 stream" 10 /small nginx-tls tg-tls
+    BENCH_CLIENT=h2-100 BENCH_AUTH=$AUTH scenario "HTTP/2 10 connections x 100 streams" 10 /small nginx-tls tg-tls
+fi
+if wants tls || wants h2; then kill "${TG_PIDS[tg-tls]}"; fi
+
+if wants placed; then
+    # A second upstream on the proxies' own core, as a sidecar API on the
+    # same host: the proxy now shares its core, and every wake-up and
+    # context switch it causes costs the upstream too.
+    mkdir -p "$DIR/up-placed"
+    ln -s "$DIR/www" "$DIR/up-placed/www"
+    DIR=$DIR/up-placed UP_PORT=$UP_PLACED_PORT render "$BENCH/upstream.conf.in" "$DIR/up-placed/upstream.conf"
+    taskset -c "$PROXY_CPU" "$NGINX" -c "$DIR/up-placed/upstream.conf" -p "$DIR/up-placed" 2>>"$DIR/up-placed/error.log" &
+    STARTED+=($!)
+    wait_port "$UP_PLACED_PORT"
+    start_anchor nginx-placed "$UP_PLACED_PORT" "$ANCHOR_PLACED_PORT" "$ANCHOR_PLACED_TLS_PORT" "$DIR/tls.crt" "$DIR/tls.key"
+    start_tg tg-placed "$TG_PLACED_PORT"
+    check "$ANCHOR_PLACED_PORT" "$AUTH" /small 200
+    check "$TG_PLACED_PORT" "$AUTH" /small 200
+    BENCH_AUTH=$AUTH scenario "token c=50, upstream on the proxy's core" 50 /small nginx-placed tg-placed
+    kill "${TG_PIDS[tg-placed]}" "${NGINX_PIDS[nginx-placed]}"
 fi
 
 IDLE=()
@@ -408,6 +524,7 @@ function ratio(name, label, a, b,   floor) {
 }
 {
     # "scenario words... TARGET RESULT k=v ...": the target is the word before RESULT
+    split("", f)
     for (i = 1; $i != "RESULT"; i++) {}
     target = $(i - 1); name = $1
     for (j = 2; j < i - 1; j++) name = name " " $j
@@ -418,6 +535,7 @@ function ratio(name, label, a, b,   floor) {
     cpu[key] += f["cpu"]; sys[key] += f["sys"]; errs[key] += f["errors"]; non2xx[key] += f["non2xx"]
     p50[key] = p50[key] " " f["p50_us"]; p99[key] = p99[key] " " f["p99_us"]
     if (f["hwm_kb"] > hwm[key]) hwm[key] = f["hwm_kb"]
+    if ("resumed" in f) { handshakes[key] = 1; resumed[key] += f["resumed"] }
     per[key, ++rounds[key]] = f["requests"] ? f["cpu"] / f["requests"] : 0
 }
 END {
@@ -434,7 +552,8 @@ END {
             sy[t] = req[key] ? sys[key] * 1e6 / tck / req[key] : 0
             note = ""
             if (errs[key]) note = note errs[key] " socket errors; "
-            if (non2xx[key]) note = note non2xx[key] " non-2xx"
+            if (non2xx[key]) note = note non2xx[key] " non-2xx; "
+            if (handshakes[key]) note = note sprintf("%.0f%% resumed", req[key] ? 100 * resumed[key] / req[key] : 0)
             label = t == "tg-1k" ? "tg 1k" : t == "tg-big" ? "tg big" : t == "tg-pg" ? "tg pg" : t ~ /^tg/ ? "tokengate" : t
             printf "%-40s %-9s %9.0f %8.1f %8.2f %8.2f %9.1f %8.1f %8.1f %s\n", name, label, rps[t], mb[t], q50[t], q99[t], us[t], sy[t], mem[t], note
         }
@@ -442,6 +561,8 @@ END {
         ratio(name, "big/1k", "tg-big", "tg-1k")
         ratio(name, "pg/sled", "tg-pg", "tg")
         ratio(name, "tg/nginx", "tg-tls", "nginx-tls")
+        ratio(name, "tg/nginx", "tg-rsa", "nginx-rsa")
+        ratio(name, "tg/nginx", "tg-placed", "nginx-placed")
     }
 }' "$RESULTS"
 
