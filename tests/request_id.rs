@@ -48,6 +48,38 @@ async fn the_upstream_and_the_client_see_one_new_id() {
     gw.stop().await;
 }
 
+/// Over HTTP/2 the IDs go out never indexed (HPACK), so the decoder sees
+/// each as a plain literal: sixty on one connection, more than an HPACK
+/// table of 4096 bytes could hold, each still the one the upstream saw.
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_arrive_intact_over_one_http2_connection() {
+    use http_body_util::BodyExt;
+    let (_up, gw, token) = gateway_with_token("", "ann").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let mut ids = HashSet::new();
+    for i in 0..60 {
+        let req = Request::get(format!("http://{}/x/{i}", gw.addr))
+            .header("authorization", format!("Token {token}"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let r = h2.request(req).await.unwrap();
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        let (parts, body) = r.into_parts();
+        let reply = Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        };
+        assert_eq!(reply.status, 200);
+        let id = response_id(&reply);
+        assert_eq!(reply.seen().header("x-request-id"), Some(id.as_str()));
+        assert!(ids.insert(id), "an ID came back twice");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn the_gateways_own_answers_carry_an_id_too() {
     let up = echo_upstream().await;

@@ -11,11 +11,18 @@ const MAX_LEN: usize = 200;
 
 /// The ID for a request: a trusted proxy's `offered` value when it is one
 /// a log line can carry as it is, else a new one.
+///
+/// Marked sensitive, which HTTP/2 encodes as never indexed: a value sent
+/// once would otherwise enter the connection's HPACK table on every
+/// response, evict entries that do repeat, and make the encoder compare
+/// each new ID with every earlier one still in the table.
 pub fn for_request(offered: Option<&HeaderValue>) -> HeaderValue {
-    match offered {
+    let mut id = match offered {
         Some(value) if usable(value.as_bytes()) => value.clone(),
         _ => generate(),
-    }
+    };
+    id.set_sensitive(true);
+    id
 }
 
 /// Visible ASCII without quotes or backslashes, so the access line (text or
@@ -75,6 +82,15 @@ pub fn generate() -> HeaderValue {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn ids_are_never_indexed_by_hpack() {
+        assert!(for_request(None).is_sensitive());
+        let offered = HeaderValue::from_static("from-the-proxy-1");
+        let id = for_request(Some(&offered));
+        assert_eq!(id, offered);
+        assert!(id.is_sensitive());
+    }
 
     #[test]
     fn generated_ids_are_hex_and_distinct() {
