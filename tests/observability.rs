@@ -119,6 +119,47 @@ async fn health_readiness_and_metrics_after_traffic() {
     g.task.await.unwrap();
 }
 
+/// Sign-ins on the token page count in the login metrics as `/login`'s
+/// do: a wrong password as failed, a right one as ok.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_page_sign_ins_are_counted_as_logins() {
+    let up = echo_upstream().await;
+    let g = start_with_admin(up.addr, "\n[portal]\npath = \"/_tokengate\"\n").await;
+    let hasher = tokengate::auth::password::Hasher::new(g.config.auth.argon2).unwrap();
+    let hash = hasher
+        .hash_now(&tokengate::auth::password::Password::new("pw".into()))
+        .unwrap();
+    g.store.add_user("ann", hash, vec![]).unwrap();
+    let sign_in = |password: &'static str| {
+        let req = http::Request::post("/_tokengate/sign-in")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .body(bytes::Bytes::from(format!(
+                "username=ann&password={password}"
+            )))
+            .unwrap();
+        send(g.gw, req)
+    };
+    assert_eq!(sign_in("wrong").await.status, 401);
+    let signed = sign_in("pw").await;
+    assert_eq!(signed.status, 303, "{}", signed.text());
+    assert!(signed.headers.contains_key("set-cookie"));
+
+    let text = get(g.admin, "/metrics", None).await.text();
+    for line in [
+        "tokengate_logins_total{outcome=\"ok\"} 1",
+        "tokengate_logins_total{outcome=\"failed\"} 1",
+        "tokengate_login_duration_seconds_count 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    g.stop.send(()).unwrap();
+    g.task.await.unwrap();
+}
+
 /// Idle connections cannot take the admin listener over: past its cap a
 /// new one is closed at once, and it serves again when they go.
 #[tokio::test(flavor = "multi_thread")]

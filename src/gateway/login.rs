@@ -16,6 +16,7 @@ use crate::auth::django::{self, DjangoHash};
 use crate::auth::password::{Hasher, Password};
 use crate::auth::throttle::{self, Throttle};
 use crate::gateway::response::{self, Body, LoginRejection, Rejection};
+use crate::observe::metrics::{LoginOutcome, Metrics};
 use crate::request::scope::Scope;
 use crate::store::token::Token;
 use crate::store::{Store, StoreError, TokenRecord, User};
@@ -32,6 +33,18 @@ pub struct LoginForm {
 pub enum Format {
     Form,
     Json,
+}
+
+/// Counts a sign-in, through `/login` or the token page, by its outcome,
+/// with how long it took since `started`.
+pub fn count<T>(metrics: &Metrics, started: Instant, result: &Result<T, Rejection>) {
+    metrics.login_latency.observe(started.elapsed());
+    metrics.login(match result {
+        Ok(_) => LoginOutcome::Ok,
+        Err(Rejection::StoreUnavailable) => LoginOutcome::Error,
+        Err(Rejection::Login(LoginRejection::Limited(_))) => LoginOutcome::Limited,
+        Err(_) => LoginOutcome::Failed,
+    });
 }
 
 pub struct Login<'a> {

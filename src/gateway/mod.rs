@@ -34,14 +34,14 @@ use crate::auth::{self, Credential, Unauthenticated};
 use crate::config::Config;
 use crate::gateway::login::Login;
 use crate::observe::accesslog::{self, Logged, Outcome, Pending};
-use crate::observe::metrics::{AuthOutcome, LoginOutcome, Metrics};
+use crate::observe::metrics::{AuthOutcome, Metrics};
 use crate::request::headers;
 use crate::store::Store;
 use crate::upstream::pool::Returning;
 use crate::upstream::{Failure, Upstream};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use response::{Body, LoginRejection, Rejection};
+use response::{Body, Rejection};
 use tokio_rustls::TlsAcceptor;
 
 /// Everything a request needs. The config-derived part is swapped whole on
@@ -467,6 +467,7 @@ impl Gateway {
             auth: &s.config.auth,
             store: &self.store,
             login: self.login_for(s, client),
+            metrics: &self.metrics,
             secure,
         };
         let path = outcome.path.clone().unwrap_or_default();
@@ -485,13 +486,7 @@ impl Gateway {
         let login = self.login_for(s, client);
         let started = Instant::now();
         let result = login.handle(req).await;
-        self.metrics.login_latency.observe(started.elapsed());
-        self.metrics.login(match &result {
-            Ok(_) => LoginOutcome::Ok,
-            Err(Rejection::StoreUnavailable) => LoginOutcome::Error,
-            Err(Rejection::Login(LoginRejection::Limited(_))) => LoginOutcome::Limited,
-            Err(_) => LoginOutcome::Failed,
-        });
+        login::count(&self.metrics, started, &result);
         let (response, user) = result?;
         outcome.user = Some(Arc::from(user));
         Ok(response)

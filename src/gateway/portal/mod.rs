@@ -12,7 +12,7 @@ pub mod form;
 pub mod page;
 pub mod session;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -22,8 +22,9 @@ use hyper::body::Incoming;
 
 use crate::auth::password::Password;
 use crate::config::{AuthConfig, PortalConfig};
-use crate::gateway::login::{Login, LoginForm};
+use crate::gateway::login::{self, Login, LoginForm};
 use crate::gateway::response::{Body, LoginRejection, Rejection};
+use crate::observe::metrics::Metrics;
 use crate::request::scope::Scope;
 use crate::store::token::{Token, TokenDigest};
 use crate::store::{Store, StoreError, TokenInfo};
@@ -42,6 +43,8 @@ pub struct Portal<'a> {
     pub auth: &'a AuthConfig,
     pub store: &'a Store,
     pub login: Login<'a>,
+    /// Sign-ins here count in `tokengate_logins_total` as `/login`'s do.
+    pub metrics: &'a Metrics,
     /// The client reached the gateway over TLS (directly or through a
     /// trusted proxy): cookies are `Secure`.
     pub secure: bool,
@@ -181,6 +184,7 @@ impl Portal<'_> {
             username: form.get("username").to_owned(),
             password: Password::new(form.get("password").to_owned()),
         };
+        let started = Instant::now();
         let signed = match self.login.authenticate(&login).await {
             Ok((found, name)) => {
                 *user = Some(name.clone());
@@ -196,6 +200,7 @@ impl Portal<'_> {
             }
             Err(e) => Err(e),
         };
+        login::count(self.metrics, started, &signed);
         match signed {
             Ok((token, _)) => {
                 // `user` is the name as `authenticate` made it safe to log.
