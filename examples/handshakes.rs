@@ -67,10 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(TrustAnything(provider.clone())))
             .with_no_client_auth();
-        config.resumption = match full {
-            true => Resumption::disabled(),
+        config.resumption = if full {
+            Resumption::disabled()
+        } else {
             // rustls' default: the last tickets per server, kept in memory.
-            false => Resumption::default(),
+            Resumption::default()
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsConnector::from(Arc::new(config)))
