@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # tokengate against nginx, in one run, on this machine.
 #
-#   bench/run.sh            full run (about 12 minutes)
-#   bench/run.sh --quick    the same scenarios, shorter (about 3 minutes)
+#   bench/run.sh            full run (about 20 minutes)
+#   bench/run.sh --quick    the same scenarios, shorter (about 5 minutes)
 #
 # Starts an nginx upstream, an nginx static-token gateway (the anchor, also
 # over TLS with a certificate made for the run) and
