@@ -56,6 +56,27 @@ async fn start_with_admin(upstream: std::net::SocketAddr, extra: &str) -> WithAd
     }
 }
 
+impl WithAdmin {
+    /// The user "ann" with the password "pw", hashed as the gateway would.
+    fn add_ann(&self) {
+        let hasher = tokengate::auth::password::Hasher::new(self.config.auth.argon2).unwrap();
+        let hash = hasher
+            .hash_now(&tokengate::auth::password::Password::new("pw".into()))
+            .unwrap();
+        self.store.add_user("ann", hash, vec![]).unwrap();
+    }
+}
+
+/// Every one of `lines` is a whole line of the metrics `text`.
+fn has_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            text.lines().any(|l| l == *line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics_after_traffic() {
     let up = echo_upstream().await;
@@ -64,11 +85,7 @@ async fn health_readiness_and_metrics_after_traffic() {
         "public = [\"/open\"]\n[[rules]]\npath = \"/admin/**\"\nroles = [\"admin\"]\n",
     )
     .await;
-    let hasher = tokengate::auth::password::Hasher::new(g.config.auth.argon2).unwrap();
-    let hash = hasher
-        .hash_now(&tokengate::auth::password::Password::new("pw".into()))
-        .unwrap();
-    g.store.add_user("ann", hash, vec![]).unwrap();
+    g.add_ann();
 
     assert_eq!(get(g.admin, "/healthz", None).await.status, 200);
     assert_eq!(get(g.admin, "/readyz", None).await.status, 200);
@@ -95,24 +112,22 @@ async fn health_readiness_and_metrics_after_traffic() {
             .starts_with("text/plain")
     );
     let text = m.text();
-    for line in [
-        "tokengate_responses_total{status=\"200\"} 4",
-        "tokengate_responses_total{status=\"401\"} 2",
-        "tokengate_responses_total{status=\"403\"} 1",
-        "tokengate_auth_total{outcome=\"ok\"} 2",
-        "tokengate_auth_total{outcome=\"missing\"} 1",
-        "tokengate_auth_total{outcome=\"public\"} 1",
-        "tokengate_auth_total{outcome=\"forbidden\"} 1",
-        "tokengate_logins_total{outcome=\"ok\"} 1",
-        "tokengate_logins_total{outcome=\"failed\"} 1",
-        "tokengate_login_duration_seconds_count 2",
-        "tokengate_upstream_duration_seconds_count 3",
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing `{line}` in:\n{text}"
-        );
-    }
+    has_lines(
+        &text,
+        &[
+            "tokengate_responses_total{status=\"200\"} 4",
+            "tokengate_responses_total{status=\"401\"} 2",
+            "tokengate_responses_total{status=\"403\"} 1",
+            "tokengate_auth_total{outcome=\"ok\"} 2",
+            "tokengate_auth_total{outcome=\"missing\"} 1",
+            "tokengate_auth_total{outcome=\"public\"} 1",
+            "tokengate_auth_total{outcome=\"forbidden\"} 1",
+            "tokengate_logins_total{outcome=\"ok\"} 1",
+            "tokengate_logins_total{outcome=\"failed\"} 1",
+            "tokengate_login_duration_seconds_count 2",
+            "tokengate_upstream_duration_seconds_count 3",
+        ],
+    );
     assert!(text.contains("tokengate_open_connections "));
 
     g.stop.send(()).unwrap();
@@ -125,11 +140,7 @@ async fn health_readiness_and_metrics_after_traffic() {
 async fn token_page_sign_ins_are_counted_as_logins() {
     let up = echo_upstream().await;
     let g = start_with_admin(up.addr, "\n[portal]\npath = \"/_tokengate\"\n").await;
-    let hasher = tokengate::auth::password::Hasher::new(g.config.auth.argon2).unwrap();
-    let hash = hasher
-        .hash_now(&tokengate::auth::password::Password::new("pw".into()))
-        .unwrap();
-    g.store.add_user("ann", hash, vec![]).unwrap();
+    g.add_ann();
     let sign_in = |password: &'static str| {
         let req = http::Request::post("/_tokengate/sign-in")
             .header("content-type", "application/x-www-form-urlencoded")
@@ -145,17 +156,14 @@ async fn token_page_sign_ins_are_counted_as_logins() {
     assert_eq!(signed.status, 303, "{}", signed.text());
     assert!(signed.headers.contains_key("set-cookie"));
 
-    let text = get(g.admin, "/metrics", None).await.text();
-    for line in [
-        "tokengate_logins_total{outcome=\"ok\"} 1",
-        "tokengate_logins_total{outcome=\"failed\"} 1",
-        "tokengate_login_duration_seconds_count 2",
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing `{line}` in:\n{text}"
-        );
-    }
+    has_lines(
+        &get(g.admin, "/metrics", None).await.text(),
+        &[
+            "tokengate_logins_total{outcome=\"ok\"} 1",
+            "tokengate_logins_total{outcome=\"failed\"} 1",
+            "tokengate_login_duration_seconds_count 2",
+        ],
+    );
     g.stop.send(()).unwrap();
     g.task.await.unwrap();
 }

@@ -48,9 +48,9 @@ async fn the_upstream_and_the_client_see_one_new_id() {
     gw.stop().await;
 }
 
-/// Over HTTP/2 the IDs go out never indexed (HPACK), so the decoder sees
-/// each as a plain literal: sixty on one connection, more than an HPACK
-/// table of 4096 bytes could hold, each still the one the upstream saw.
+/// Over one HTTP/2 connection, sixty IDs (more than a 4096-byte HPACK
+/// table could hold, had they been indexed) each arrive as the one the
+/// upstream saw. That they go out never indexed is the unit test's.
 #[tokio::test(flavor = "multi_thread")]
 async fn ids_arrive_intact_over_one_http2_connection() {
     use http_body_util::BodyExt;
