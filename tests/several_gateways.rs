@@ -503,3 +503,46 @@ async fn login_failures_count_across_gateways() {
     env.ok(&["throttle", "unban", "127.0.0.1"]);
     assert_eq!(status(b.addr, "right").await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unban_reaches_the_gateway_whose_own_count_banned() {
+    let Some(url) = database().await else { return };
+    let upstream = echo_upstream().await;
+    let env = env_on(
+        &url,
+        upstream.addr,
+        "\n[throttle]\nmax_failures = 3\nban = \"60s\"\nlimited_delay = \"0s\"\n",
+    );
+    add_user(&env, "ann", "right");
+    let a = start(&env, "a");
+    let status = |password: &'static str| async move {
+        try_send(
+            a.addr,
+            login_request("ann", password),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .0
+    };
+    // Every failure on one gateway: it bans from its own count, which the
+    // database's rows cannot lift.
+    for _ in 0..3 {
+        assert_eq!(status("wrong").await, 401);
+    }
+    assert_eq!(
+        status("right").await,
+        429,
+        "the right password while banned"
+    );
+    env.ok(&["throttle", "unban", "ann"]);
+    env.ok(&["throttle", "unban", "127.0.0.1"]);
+    // The gateway hears of it over LISTEN/NOTIFY, a moment after the CLI.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut last = status("right").await;
+    while last == 429 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = status("right").await;
+    }
+    assert_eq!(last, 200, "still banned 5 s after the unban");
+}

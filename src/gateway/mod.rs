@@ -127,8 +127,10 @@ impl Gateway {
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SettingsError> {
+        let throttle = Arc::new(Throttle::new(config.throttle));
+        tokio::spawn(lift_unbanned(store.unbans(), Arc::clone(&throttle)));
         Ok(Self {
-            throttle: Arc::new(Throttle::new(config.throttle)),
+            throttle,
             started: config.clone(),
             settings: ArcSwap::from_pointee(Settings::new(config).await?),
             store,
@@ -522,6 +524,25 @@ impl Gateway {
                 tracing::error!(error = %e, "logout task failed");
                 Err(Rejection::StoreUnavailable)
             }
+        }
+    }
+}
+
+/// Forgets this gateway's own failures of whoever `throttle unban` names
+/// in a shared store, for as long as the store is open.
+async fn lift_unbanned(
+    mut unbans: tokio::sync::broadcast::Receiver<Arc<str>>,
+    throttle: Arc<Throttle>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match unbans.recv().await {
+            Ok(who) => {
+                throttle.lift(&who);
+            }
+            // The missed ones run out on their own.
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
         }
     }
 }

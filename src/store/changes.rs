@@ -27,10 +27,16 @@ pub enum Revoked {
 
 /// Revocations a listener may fall behind by before it is told to recheck.
 const REVOCATION_BACKLOG: usize = 256;
+/// Unbans a gateway may fall behind by; past it the oldest are lost, and
+/// those bans run out on their own.
+const UNBAN_BACKLOG: usize = 64;
 
 pub struct Changes {
     generation: AtomicU64,
     revocations: tokio::sync::broadcast::Sender<Revoked>,
+    /// `throttle unban WHO` run against a shared store: every gateway
+    /// forgets its own count of WHO's failures too.
+    unbans: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl Default for Changes {
@@ -38,6 +44,7 @@ impl Default for Changes {
         Self {
             generation: AtomicU64::new(0),
             revocations: tokio::sync::broadcast::channel(REVOCATION_BACKLOG).0,
+            unbans: tokio::sync::broadcast::channel(UNBAN_BACKLOG).0,
         }
     }
 }
@@ -67,5 +74,15 @@ impl Changes {
     pub fn announce(&self, revoked: Revoked) {
         // No listener (no tunnel open) is the usual case, not an error.
         let _ = self.revocations.send(revoked);
+    }
+
+    /// Every `throttle unban` heard from now on: an address or a username.
+    pub fn subscribe_unbans(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.unbans.subscribe()
+    }
+
+    pub fn announce_unban(&self, who: Arc<str>) {
+        // No gateway in this process (the CLI) is not an error.
+        let _ = self.unbans.send(who);
     }
 }

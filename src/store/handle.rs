@@ -101,6 +101,13 @@ impl Store {
         self.changes().subscribe()
     }
 
+    /// Every `throttle unban` another process ran against a shared store,
+    /// for this gateway's own throttle; never for sled, whose unbans come
+    /// through the control socket.
+    pub fn unbans(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.changes().subscribe_unbans()
+    }
+
     /// Changes after every write: a check made at one generation holds
     /// while the generation is the same.
     pub fn generation(&self) -> u64 {

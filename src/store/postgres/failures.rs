@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::ThrottleConfig;
 use crate::store::StoreError;
-use crate::store::postgres::{Postgres, database};
+use crate::store::postgres::{Postgres, database, listen};
 
 /// Rows idle this long are swept: their window and any ban are long over.
 const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
@@ -184,16 +184,25 @@ impl Postgres {
             .collect())
     }
 
-    /// Lifts the ban and count on an address or username; whether there
-    /// was any.
+    /// Lifts the ban and count on an address or username, here and in
+    /// every gateway's own throttle; whether the database had any.
     pub async fn lift_login_ban(&self, who: &str) -> Result<bool, StoreError> {
         let key = key_of(who);
-        let removed = self
-            .client()
-            .await?
+        let client = self.client().await?;
+        let removed = client
             .execute(
                 "DELETE FROM tokengate_login_failures WHERE key = $1",
                 &[&key],
+            )
+            .await
+            .map_err(database)?;
+        // Told even when the database had no row: a gateway's own count
+        // may outlive it. The key's text, not `who`: it is bounded, as a
+        // notification must be.
+        client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&listen::CHANNEL, &listen::unban_payload(shown(&key))],
             )
             .await
             .map_err(database)?;

@@ -42,6 +42,12 @@ pub fn payload(revoked: &Revoked) -> Option<String> {
     }
 }
 
+/// A lifted login ban's payload: `throttle unban WHO`. Older gateways
+/// read it as an unknown change, and recheck every token: safe.
+pub fn unban_payload(who: &str) -> String {
+    format!("b:{who}")
+}
+
 /// A payload back as the change; anything unreadable (a newer writer)
 /// ends every check, which is always safe.
 pub fn parse(payload: &str) -> Revoked {
@@ -173,8 +179,12 @@ async fn session(
                 let Some(payload) = heard else {
                     return Err(StoreError::Database("the notification connection closed".into()));
                 };
-                changes.advance();
-                changes.announce(parse(&payload));
+                if let Some(who) = payload.strip_prefix("b:") {
+                    changes.announce_unban(Arc::from(who));
+                } else {
+                    changes.advance();
+                    changes.announce(parse(&payload));
+                }
             }
             _ = ping.tick() => {
                 match tokio::time::timeout(PING_TIMEOUT, client.simple_query("")).await {
