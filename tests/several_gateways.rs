@@ -58,6 +58,18 @@ async fn login(addr: SocketAddr, user: &str, password: &str) -> String {
     json["token"].as_str().unwrap().to_owned()
 }
 
+/// The status of one login attempt as `ann`.
+async fn login_status(addr: SocketAddr, password: &str) -> StatusCode {
+    try_send(
+        addr,
+        login_request("ann", password),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("login answered")
+    .0
+}
+
 /// One kept-alive HTTP/1.1 connection to a gateway.
 struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
 
@@ -472,26 +484,17 @@ async fn login_failures_count_across_gateways() {
     );
     add_user(&env, "ann", "right");
     let (a, b) = (start(&env, "a"), start(&env, "b"));
-    let status = |addr, password: &'static str| async move {
-        try_send(
-            addr,
-            login_request("ann", password),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .0
-    };
     // Two guesses on one gateway and one on the other: three in all, a
     // ban on every gateway, though neither saw three itself.
-    assert_eq!(status(a.addr, "wrong").await, 401);
-    assert_eq!(status(a.addr, "wrong").await, 401);
-    assert_eq!(status(b.addr, "wrong").await, 401);
+    assert_eq!(login_status(a.addr, "wrong").await, 401);
+    assert_eq!(login_status(a.addr, "wrong").await, 401);
+    assert_eq!(login_status(b.addr, "wrong").await, 401);
     for addr in [a.addr, b.addr] {
-        let (code, _) = try_send(addr, login_request("ann", "right"), Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert_eq!(code, 429, "the right password while banned");
+        assert_eq!(
+            login_status(addr, "right").await,
+            429,
+            "the right password while banned"
+        );
     }
     // The CLI sees and lifts the shared ban from the database.
     let (who, bans) = env.banned();
@@ -501,7 +504,7 @@ async fn login_failures_count_across_gateways() {
     );
     env.ok(&["throttle", "unban", "ann"]);
     env.ok(&["throttle", "unban", "127.0.0.1"]);
-    assert_eq!(status(b.addr, "right").await, 200);
+    assert_eq!(login_status(b.addr, "right").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -515,16 +518,7 @@ async fn an_unban_reaches_the_gateway_whose_own_count_banned() {
     );
     add_user(&env, "ann", "right");
     let a = start(&env, "a");
-    let status = |password: &'static str| async move {
-        try_send(
-            a.addr,
-            login_request("ann", password),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .0
-    };
+    let status = |password| login_status(a.addr, password);
     // Every failure on one gateway: it bans from its own count, which the
     // database's rows cannot lift.
     for _ in 0..3 {

@@ -128,7 +128,10 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Result<Self, SettingsError> {
         let throttle = Arc::new(Throttle::new(config.throttle));
-        tokio::spawn(lift_unbanned(store.unbans(), Arc::clone(&throttle)));
+        // sled's unbans come through the control socket instead.
+        if !store.is_embedded() {
+            tokio::spawn(lift_unbanned(store.unbans(), Arc::clone(&throttle)));
+        }
         Ok(Self {
             throttle,
             started: config.clone(),

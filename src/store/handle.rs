@@ -102,8 +102,7 @@ impl Store {
     }
 
     /// Every `throttle unban` another process ran against a shared store,
-    /// for this gateway's own throttle; never for sled, whose unbans come
-    /// through the control socket.
+    /// for this gateway's own throttle; never sent for sled.
     pub fn unbans(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
         self.changes().subscribe_unbans()
     }

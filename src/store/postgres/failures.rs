@@ -188,8 +188,11 @@ impl Postgres {
     /// every gateway's own throttle; whether the database had any.
     pub async fn lift_login_ban(&self, who: &str) -> Result<bool, StoreError> {
         let key = key_of(who);
-        let client = self.client().await?;
-        let removed = client
+        let mut client = self.client().await?;
+        // One transaction: the row and the gateways' own bans are lifted
+        // together or not at all.
+        let tx = client.transaction().await.map_err(database)?;
+        let removed = tx
             .execute(
                 "DELETE FROM tokengate_login_failures WHERE key = $1",
                 &[&key],
@@ -199,13 +202,13 @@ impl Postgres {
         // Told even when the database had no row: a gateway's own count
         // may outlive it. The key's text, not `who`: it is bounded, as a
         // notification must be.
-        client
-            .execute(
-                "SELECT pg_notify($1, $2)",
-                &[&listen::CHANNEL, &listen::unban_payload(shown(&key))],
-            )
-            .await
-            .map_err(database)?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&listen::CHANNEL, &listen::unban_payload(shown(&key))],
+        )
+        .await
+        .map_err(database)?;
+        tx.commit().await.map_err(database)?;
         Ok(removed > 0)
     }
 
